@@ -904,6 +904,7 @@ class ServerRuntime:
         self._ready_since = None
         self._next_start_at = None
         self._failed_since_ready = False  # the last attempt failed and none has been ready since
+        self._down = False  # the restart policy let it stay down: no more starts
         self._thread = None
         self._stop = threading.Event()
 
@@ -936,7 +937,7 @@ class ServerRuntime:
                     return self.child
                 if self._stop.is_set():
                     raise unavailable(self.server_id, "server %s: the gateway is stopping" % self.server_id)
-                if self.state == "failed" or self._failed_since_ready:
+                if self._down or self._failed_since_ready:
                     raise unavailable(self.server_id, self._unavailable_reason())
                 remaining = deadline - now()
                 if remaining <= 0:
@@ -947,7 +948,7 @@ class ServerRuntime:
 
     def _unavailable_reason(self):
         reason = "server %s is unavailable: %s" % (self.server_id, self.last_error or self.state)
-        if self.state == "failed":
+        if self._down:
             return reason + " (restart_policy %s: it stays down)" % self.spec.restart_policy
         if self._next_start_at is not None:
             return reason + "; next start in %.1f s" % max(0.0, self._next_start_at - now())
@@ -971,7 +972,8 @@ class ServerRuntime:
                 failures += 1
                 returncode = child.process.returncode if child.process else None
                 if not should_restart(self.spec.restart_policy, returncode, ready_for is not None):
-                    self._set(state="failed", _next_start_at=None)
+                    clean = returncode == 0 and ready_for is not None
+                    self._set(state="stopped" if clean else "failed", _next_start_at=None, _down=True)
                     self._log.warning("server_down", server_id=self.server_id, reason=self.last_error,
                                       restart_policy=self.spec.restart_policy)
                     break
@@ -985,7 +987,7 @@ class ServerRuntime:
                     self.restart_count += 1
         except Exception as e:
             self._log.error("thread_failed", thread=threading.current_thread().name, error=repr(e))
-            self._set(state="failed", last_error="supervisor failed: %r" % e)
+            self._set(state="failed", last_error="supervisor failed: %r" % e, _down=True)
         finally:
             if self._stop.is_set():
                 self._set(state="stopped", child=None)
@@ -1285,12 +1287,12 @@ class Connection(socketserver.BaseRequestHandler):
             del self._buffer[:2]
         deadline = None
         while True:
-            end = self._buffer.find(b"\r\n\r\n")
+            end = self._buffer.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES + 4)
             if end >= 0:
                 head = bytes(self._buffer[:end])
                 del self._buffer[:end + 4]
                 return head
-            if len(self._buffer) > MAX_HEAD_BYTES:
+            if len(self._buffer) >= MAX_HEAD_BYTES + 4:
                 self.send_error(GatewayError("request head larger than %d bytes" % MAX_HEAD_BYTES, 431,
                                              "headers_too_large", close=True))
                 return None
@@ -1587,6 +1589,7 @@ class Gateway:
             runtime.request_stop()
         for runtime in self.runtimes.values():
             runtime.join(timeout=CHILD_STOP_GRACE_S * 2 + 1)
+        self.front.wait_idle(POLL_S)  # calls failed by the stop above are answered before their sockets close
         self._close_connections(idle_only=False)
         if self._httpd is not None:
             for thread in list(self._httpd.threads):

@@ -1,0 +1,1030 @@
+"""Tests for host_mcp_gateway.py: standard library only, run with `python3 -m unittest`.
+
+Unit tables exercise the pure parts (config validation, allowlist, token check, HTTP head parsing, JSON-RPC
+classification, restart rules). Everything else runs a real gateway process on port 0 with real child
+processes (tests/fake_mcp_server.py) and talks to it over real sockets. Waits are on conditions with deadlines.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import plistlib
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+from concurrent.futures import ThreadPoolExecutor
+
+import host_mcp_gateway as gw
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+GATEWAY = os.path.join(HERE, "host_mcp_gateway.py")
+FAKE_SERVER = os.path.join(HERE, "tests", "fake_mcp_server.py")
+TOKEN = "test-token-0123456789abcdef0123456789abcdef"
+TIMEOUT = 10.0  # every blocking call in a test gives up after this, so a failure is quick and clear
+
+
+def wait_for(predicate, timeout=TIMEOUT, what="condition"):
+    """Polls `predicate` until it returns something true, or fails the test after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for " + what)
+        time.sleep(0.01)
+
+
+def process_gone(pid):
+    """True once `pid` no longer runs (a zombie counts as gone: it runs nothing)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().split(")")[-1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+    except OSError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def fake_server(server_id="fake", *flags, **fields):
+    spec = {"server_id": server_id, "command": sys.executable, "args": [FAKE_SERVER] + list(flags),
+            "autostart": True}
+    spec.update(fields)
+    return spec
+
+
+def base_config(servers, **overrides):
+    config = {"bind_host": "127.0.0.1", "bind_port": 0, "auth_token": TOKEN, "allowed_clients": ["localhost"],
+              "request_timeout_ms": 5000, "restart_backoff_ms": 0, "servers": servers}
+    config.update(overrides)
+    return config
+
+
+def rpc(method, params=None, request_id=1):
+    message = {"jsonrpc": "2.0", "id": request_id, "method": method}
+    if params is not None:
+        message["params"] = params
+    return message
+
+
+def tool_call(name, request_id=1, **arguments):
+    return rpc("tools/call", {"name": name, "arguments": arguments}, request_id)
+
+
+class GatewayProcess:
+    """A real gateway process on port 0, its JSON log lines collected as they arrive."""
+
+    def __init__(self, testcase, config):
+        self.folder = tempfile.mkdtemp(prefix="hmg-test-")
+        self.config_path = os.path.join(self.folder, "config.json")
+        with open(self.config_path, "w") as f:
+            json.dump(config, f)
+        os.chmod(self.config_path, 0o600)
+        self.logs = []
+        self.raw_stderr = []
+        self._cond = threading.Condition()
+        self.proc = subprocess.Popen([sys.executable, GATEWAY, "-config", self.config_path],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self._reader = threading.Thread(target=self._read_logs, daemon=True)
+        self._reader.start()
+        testcase.addCleanup(self.kill)
+        listening = self.wait_log(lambda r: r.get("event") == "listening", what="the gateway to listen")
+        self.port = listening["port"]
+
+    def _read_logs(self):
+        for line in self.proc.stderr:
+            text = line.decode("utf-8", "replace")
+            with self._cond:
+                self.raw_stderr.append(text)
+                try:
+                    self.logs.append(json.loads(text))
+                except ValueError:
+                    pass
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_log(self, predicate, timeout=TIMEOUT, what="a log line"):
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for record in self.logs:
+                    if predicate(record):
+                        return record
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.proc.poll() is not None and not self._reader.is_alive():
+                    raise AssertionError("no log line for %s; stderr:\n%s" % (what, "".join(self.raw_stderr[-30:])))
+                self._cond.wait(remaining)
+
+    def connect(self):
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=TIMEOUT)
+
+    def request(self, method, path, body=None, headers=None, token=TOKEN, conn=None):
+        """(status, response, decoded JSON body or raw bytes); a connection made here is closed after."""
+        own = conn is None
+        conn = conn or self.connect()
+        all_headers = {"Authorization": "Bearer " + token} if token else {}
+        all_headers.update(headers or {})
+        if body is not None and not isinstance(body, (bytes, str)):
+            body = json.dumps(body)
+            all_headers.setdefault("Content-Type", "application/json")
+        conn.request(method, path, body=body, headers=all_headers)
+        response = conn.getresponse()
+        data = response.read()
+        if own:
+            conn.close()
+        try:
+            decoded = json.loads(data) if data else None
+        except ValueError:
+            decoded = data
+        return response.status, response, decoded
+
+    def call(self, server_id, message, **kwargs):
+        status, _, body = self.request("POST", "/%s/rpc" % server_id, json.dumps(message), **kwargs)
+        return status, body
+
+    def tool(self, name, server_id="fake", request_id=1, **arguments):
+        status, body = self.call(server_id, tool_call(name, request_id, **arguments))
+        assert status == 200, (status, body)
+        return body["result"]
+
+    def servers(self):
+        return {s["server_id"]: s for s in self.request("GET", "/servers")[2]["servers"]}
+
+    def wait_state(self, server_id, state, timeout=TIMEOUT):
+        return wait_for(lambda: self.servers()[server_id]["state"] == state and self.servers()[server_id],
+                        timeout, "server %s to be %s" % (server_id, state))
+
+    def stop(self, signum=signal.SIGTERM, timeout=TIMEOUT):
+        self.proc.send_signal(signum)
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=TIMEOUT)
+        return code
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=TIMEOUT)
+        self._reader.join(timeout=TIMEOUT)
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+
+
+def raw_exchange(port, data, read_until_close=True):
+    """Sends raw bytes and returns what comes back until the server closes (or the first response)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(data)
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if not read_until_close and b"\r\n\r\n" in b"".join(chunks):
+                break
+        return b"".join(chunks)
+
+
+def status_of(raw):
+    return int(raw.split(b" ", 2)[1])
+
+
+def body_of(raw):
+    return json.loads(raw.split(b"\r\n\r\n", 1)[1])
+
+
+def run_cli(*args, timeout=TIMEOUT, env=None):
+    return subprocess.run([sys.executable, GATEWAY] + list(args), capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+# Unit tables -----------------------------------------------------------------------------------------------------
+
+class ConfigValidationTest(unittest.TestCase):
+    def errors_for(self, raw):
+        with self.assertRaises(gw.ConfigError) as caught:
+            gw.validate_config(raw)
+        return caught.exception.messages
+
+    def test_valid_config_gets_documented_defaults(self):
+        config = gw.validate_config({"auth_token": TOKEN, "allowed_clients": ["localhost"],
+                                     "servers": [{"server_id": "a", "command": "x"}]})
+        self.assertEqual((config.bind_host, config.bind_port, config.request_timeout_ms, config.restart_backoff_ms),
+                         ("127.0.0.1", 7411, 30000, 2000))
+        spec = config.servers[0]
+        self.assertEqual((spec.args, spec.working_dir, spec.env, spec.autostart, spec.restart_policy,
+                          spec.startup_timeout_ms), ([], "", {}, False, "on-failure", 0))
+
+    def test_each_problem_is_reported_with_its_path(self):
+        good_server = {"server_id": "a", "command": "x"}
+        cases = [
+            ({"auth_token": None}, "auth_token: required"),
+            ({"allowed_clients": None}, "allowed_clients: required"),
+            ({"servers": None}, "servers: required"),
+            ({"servers": []}, "servers: must be a non-empty list"),
+            ({"auth_token": "replace-me-with-a-long-random-string-please"}, "auth_token: still holds the placeholder"),
+            ({"auth_token": "short"}, "auth_token: must be at least 32 characters; make one with `openssl rand -hex 32`"),
+            ({"bind_port": 70000}, "bind_port: must be an integer from 0 to 65535"),
+            ({"bind_port": True}, "bind_port: must be an integer"),
+            ({"request_timeout_ms": 0}, "request_timeout_ms: must be a positive integer"),
+            ({"allowed_clients": ["10.0.0.0/8", "not-an-ip"]}, "allowed_clients[1]: 'not-an-ip' is not an IP"),
+            ({"bind_hots": "x"}, "bind_hots: unknown key; did you mean bind_host?"),
+            ({"servers": [good_server, {"server_id": "b", "command": "y", "restart_policy": "sometimes"}]},
+             "servers[1].restart_policy: must be one of always, on-failure, never"),
+            ({"servers": [{"server_id": "a", "command": "x", "restart_polcy": "never"}]},
+             "servers[0].restart_polcy: unknown key; did you mean restart_policy?"),
+            ({"servers": [{"server_id": "a"}]}, "servers[0].command: required"),
+            ({"servers": [{"command": "x"}]}, "servers[0].server_id: required"),
+            ({"servers": [{"server_id": "has space", "command": "x"}]}, "servers[0].server_id: must be letters"),
+            ({"servers": [{"server_id": "health", "command": "x"}]}, "servers[0].server_id: 'health' is a name"),
+            ({"servers": [good_server, dict(good_server)]}, "servers[1].server_id: duplicate server_id 'a'"),
+            ({"servers": [{"server_id": "a", "command": "x", "env": {"A": 1}}]}, "servers[0].env: must be an object"),
+            ({"servers": [{"server_id": "a", "command": "x", "args": "-v"}]}, "servers[0].args: must be a list"),
+            ({"servers": [{"server_id": "a", "command": "x", "autostart": "yes"}]}, "servers[0].autostart: must be true"),
+            ({"servers": ["a"]}, "servers[0]: must be an object"),
+        ]
+        for overrides, expected in cases:
+            raw = {"auth_token": TOKEN, "allowed_clients": ["localhost"], "servers": [good_server]}
+            raw.update(overrides)
+            for key in [key for key, value in overrides.items() if value is None]:
+                del raw[key]  # None in the table means: leave the key out
+            with self.subTest(expected=expected):
+                messages = self.errors_for(raw)
+                self.assertTrue(any(m.startswith(expected) for m in messages), messages)
+
+    def test_every_error_is_reported_at_once(self):
+        messages = self.errors_for({"auth_token": "short", "bind_port": -1, "allowed_clients": ["x"],
+                                    "servers": [{"server_id": "rpc"}]})
+        self.assertEqual(len(messages), 5, messages)
+
+    def test_not_an_object(self):
+        self.assertEqual(self.errors_for([]), ["config: must be a JSON object"])
+
+    def test_invalid_json_names_line_and_column(self):
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "c.json")
+            with open(path, "w") as f:
+                f.write('{\n  "auth_token": "x",\n  oops\n}')
+            with self.assertRaises(gw.ConfigError) as caught:
+                gw.load_config(path)
+            self.assertIn("invalid JSON at line 3, column 3", caught.exception.messages[0])
+
+    def test_readable_config_file_is_warned_about(self):
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "c.json")
+            with open(path, "w") as f:
+                json.dump(base_config([{"server_id": "a", "command": "x"}]), f)
+            os.chmod(path, 0o644)
+            _, warnings = gw.load_config(path)
+            self.assertTrue(warnings and "chmod 600" in warnings[0], warnings)
+            os.chmod(path, 0o600)
+            self.assertEqual(gw.load_config(path)[1], [])
+
+
+class AllowlistTest(unittest.TestCase):
+    def test_table(self):
+        cases = [
+            (["localhost"], "127.0.0.1", True), (["localhost"], "127.8.9.10", True), (["localhost"], "::1", True),
+            (["localhost"], "::ffff:127.0.0.1", True), (["localhost"], "10.0.0.1", False),
+            (["localhost"], "::ffff:10.0.0.1", False), (["10.0.0.0/8"], "10.1.2.3", True),
+            (["10.0.0.0/8"], "::ffff:10.1.2.3", True), (["10.0.0.0/8"], "11.0.0.1", False),
+            (["192.168.1.7"], "192.168.1.7", True), (["192.168.1.7"], "192.168.1.8", False),
+            (["fd00::/8"], "fd12::1", True), (["fd00::/8"], "fe80::1", False), (["fe80::/10"], "fe80::1%eth0", True),
+            (["LOCALHOST"], "127.0.0.1", True), ([], "127.0.0.1", False), (["localhost"], "garbage", False),
+        ]
+        for entries, address, allowed in cases:
+            with self.subTest(entries=entries, address=address):
+                self.assertEqual(gw.Allowlist(entries).allows(address), allowed)
+
+    def test_entry_problems(self):
+        for entry, ok in [("localhost", True), ("10.0.0.0/8", True), ("::1", True), ("10.0.0.1/33", False),
+                          ("example.com", False), ("", False)]:
+            with self.subTest(entry=entry):
+                self.assertEqual(gw.Allowlist.entry_problem(entry) is None, ok)
+
+
+class TokenTest(unittest.TestCase):
+    def test_table(self):
+        cases = [("Bearer " + TOKEN, True), ("bearer " + TOKEN, True), ("Bearer  " + TOKEN, True),
+                 ("Bearer " + TOKEN + "x", False), ("Bearer " + TOKEN[:-1], False), ("Basic " + TOKEN, False),
+                 (TOKEN, False), ("", False), (None, False), ("Bearer", False), ("Bearer é", False)]
+        for header, ok in cases:
+            with self.subTest(header=header):
+                self.assertEqual(gw.token_matches(header, TOKEN), ok)
+
+
+class ParseHeadTest(unittest.TestCase):
+    def test_valid_heads(self):
+        request = gw.parse_head(b"POST /fake/rpc?x=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 12\r\n"
+                                b"X-A: 1\r\nx-a: 2\r\nConnection: keep-alive")
+        self.assertEqual((request.method, request.path, request.version, request.content_length, request.keep_alive),
+                         ("POST", "/fake/rpc", (1, 1), 12, True))
+        self.assertEqual(request.headers["x-a"], "1, 2")
+        self.assertFalse(gw.parse_head(b"GET / HTTP/1.0").keep_alive)
+        self.assertTrue(gw.parse_head(b"GET / HTTP/1.0\r\nConnection: Keep-Alive").keep_alive)
+        self.assertFalse(gw.parse_head(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close").keep_alive)
+        self.assertEqual(gw.parse_head(b"GET http://h:1/health?a HTTP/1.1\r\nHost: h").path, "/health")
+        self.assertEqual(gw.parse_head(b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 5, 5").content_length, 5)
+
+    def test_invalid_heads(self):
+        cases = [
+            (b"GET /\r\nHost: h", 400), (b"GET  / HTTP/1.1\r\nHost: h", 400), (b"G(T / HTTP/1.1\r\nHost: h", 400),
+            (b"GET / HTTP/2.0\r\nHost: h", 505), (b"GET / HTTP/1.1", 400),
+            (b"GET / HTTP/1.1\r\nHost: h\r\nBad Header: x", 400), (b"GET / HTTP/1.1\r\nHost : h", 400),
+            (b"GET / HTTP/1.1\r\nHost: h\r\n folded", 400), (b"GET / HTTP/1.1\r\nHost: h\r\nNoColon", 400),
+            (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: +5", 400),
+            (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: -1", 400),
+            (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1_0", 400),
+            (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 6", 400),
+            (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked", 411),
+            (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked", 411),
+            (b"GET / HTTP/1.1\r\nHost: h\r\n" + b"X: y\r\n" * 101, 431),
+        ]
+        for head, status in cases:
+            with self.subTest(head=head[:60]):
+                with self.assertRaises(gw.GatewayError) as caught:
+                    gw.parse_head(head)
+                self.assertEqual(caught.exception.http_status, status)
+                self.assertTrue(caught.exception.close)
+
+
+class JsonRpcTest(unittest.TestCase):
+    def test_classify(self):
+        cases = [
+            ({"jsonrpc": "2.0", "id": 1, "method": "x"}, gw.REQUEST),
+            ({"jsonrpc": "2.0", "id": "a", "method": "x", "params": {}}, gw.REQUEST),
+            ({"jsonrpc": "2.0", "id": 1.5, "method": "x"}, gw.REQUEST),
+            ({"jsonrpc": "2.0", "method": "x"}, gw.NOTIFICATION),
+            ({"jsonrpc": "2.0", "id": 1, "result": {}}, gw.RESPONSE),
+            ({"jsonrpc": "2.0", "id": None, "error": {"code": 1, "message": "m"}}, gw.RESPONSE),
+            ({"jsonrpc": "2.0", "id": 1, "result": {}, "error": {}}, gw.INVALID),
+            ({"jsonrpc": "1.0", "id": 1, "method": "x"}, gw.INVALID),
+            ({"id": 1, "method": "x"}, gw.INVALID),
+            ({"jsonrpc": "2.0", "id": 1, "method": 5}, gw.INVALID),
+            ({"jsonrpc": "2.0", "id": None, "method": "x"}, gw.INVALID),
+            ({"jsonrpc": "2.0", "id": True, "method": "x"}, gw.INVALID),
+            ({"jsonrpc": "2.0", "id": [1], "method": "x"}, gw.INVALID),
+            ({"jsonrpc": "2.0", "id": 1, "method": "x", "params": "p"}, gw.INVALID),
+            ({"jsonrpc": "2.0"}, gw.INVALID), ([], gw.INVALID), ("x", gw.INVALID), (None, gw.INVALID),
+        ]
+        for message, kind in cases:
+            with self.subTest(message=message):
+                self.assertEqual(gw.classify(message)[0], kind)
+
+    def test_protocol_negotiation(self):
+        for requested, answered in [("2025-06-18", "2025-06-18"), ("2024-11-05", "2024-11-05"),
+                                    ("2099-01-01", "2025-11-25"), (None, "2025-11-25")]:
+            with self.subTest(requested=requested):
+                self.assertEqual(gw.negotiate_protocol_version(requested), answered)
+
+    def test_example_server_replies(self):
+        cases = [
+            (rpc("initialize", {"protocolVersion": "2025-06-18"}), lambda r: r["result"]["protocolVersion"] == "2025-06-18"),
+            (rpc("tools/list"), lambda r: [t["name"] for t in r["result"]["tools"]] == ["echo", "host_info", "now"]),
+            (tool_call("echo", text="hi"), lambda r: r["result"]["structuredContent"] == {"text": "hi"}),
+            (tool_call("echo"), lambda r: r["result"]["isError"] is True),
+            (tool_call("host_info"), lambda r: r["result"]["structuredContent"]["python"]),
+            (tool_call("now"), lambda r: r["result"]["structuredContent"]["utc"].endswith("Z")),
+            (tool_call("nope"), lambda r: r["error"]["code"] == -32602),
+            (rpc("nope/nope"), lambda r: r["error"]["code"] == -32601),
+        ]
+        for message, check in cases:
+            with self.subTest(message=message):
+                self.assertTrue(check(gw.example_reply(message)))
+
+
+class RestartRuleTest(unittest.TestCase):
+    def test_should_restart(self):
+        cases = [("always", 0, True, True), ("always", 1, True, True), ("always", None, False, True),
+                 ("never", 1, True, False), ("never", -9, False, False),
+                 ("on-failure", 0, True, False), ("on-failure", 3, True, True), ("on-failure", -9, True, True),
+                 ("on-failure", None, False, True), ("on-failure", 0, False, True)]
+        for policy, returncode, reached_ready, expected in cases:
+            with self.subTest(policy=policy, returncode=returncode, reached_ready=reached_ready):
+                self.assertEqual(gw.should_restart(policy, returncode, reached_ready), expected)
+
+    def test_backoff_doubles_up_to_the_cap(self):
+        for base, failures, delay in [(2.0, 0, 0.0), (2.0, 1, 2.0), (2.0, 2, 4.0), (2.0, 5, 32.0), (2.0, 6, 60.0),
+                                      (2.0, 50, 60.0), (0.0, 7, 0.0)]:
+            with self.subTest(base=base, failures=failures):
+                self.assertEqual(gw.backoff_delay(base, failures), delay)
+
+
+class RouteTest(unittest.TestCase):
+    def test_table(self):
+        ids = {"fake", "a.b-c_d"}
+        for path, expected in [("/health", ("health", None)), ("/servers", ("servers", None)), ("/rpc", ("rpc", None)),
+                               ("/fake/rpc", ("mcp", "fake")), ("/a.b-c_d/rpc", ("mcp", "a.b-c_d"))]:
+            with self.subTest(path=path):
+                self.assertEqual(gw.match_route(path, ids)[:2], expected)
+        for path, code in [("/", "not_found"), ("//health", "not_found"), ("/health/", "not_found"),
+                           ("/fake/rpc/x", "not_found"), ("/nope/rpc", "unknown_server"), ("/fake", "not_found")]:
+            with self.subTest(path=path):
+                with self.assertRaises(gw.GatewayError) as caught:
+                    gw.match_route(path, ids)
+                self.assertEqual((caught.exception.http_status, caught.exception.error_code), (404, code))
+
+
+# The command line ------------------------------------------------------------------------------------------------
+
+class CliTest(unittest.TestCase):
+    def setUp(self):
+        self.folder = tempfile.mkdtemp(prefix="hmg-cli-")
+
+    def write_config(self, config, mode=0o600):
+        path = os.path.join(self.folder, "config.json")
+        with open(path, "w") as f:
+            json.dump(config, f)
+        os.chmod(path, mode)
+        return path
+
+    def test_version_and_help(self):
+        self.assertEqual(run_cli("--version").stdout.strip(), "host-mcp-gateway " + gw.VERSION)
+        help_text = run_cli("--help").stdout
+        for option in ("-config", "--check", "--init", "--demo", "--version"):
+            self.assertIn(option, help_text)
+
+    def test_usage_error_exits_2(self):
+        self.assertEqual(run_cli("--no-such-flag").returncode, 2)
+
+    def test_invalid_config_lists_every_error_and_exits_2(self):
+        path = self.write_config({"auth_token": "replace-me", "allowed_clients": ["nope"],
+                                  "servers": [{"server_id": "a", "command": "x", "restart_polcy": "never"}]})
+        for flag in ("-config", "--config"):
+            result = run_cli(flag, path)
+            self.assertEqual(result.returncode, 2)
+            self.assertIn("auth_token: still holds the placeholder", result.stderr)
+            self.assertIn("allowed_clients[0]: 'nope' is not an IP address", result.stderr)
+            self.assertIn("servers[0].restart_polcy: unknown key; did you mean restart_policy?", result.stderr)
+
+    def test_check_resolves_commands_like_the_child_will(self):
+        path = self.write_config(base_config([
+            fake_server("ok"),
+            {"server_id": "missing", "command": "no-such-command-hmg", "env": {"PATH": "/nonexistent/bin"}},
+            {"server_id": "missing2", "command": "no-such-command-hmg"},
+            {"server_id": "nodir", "command": sys.executable, "working_dir": "/nonexistent/dir"},
+        ]))
+        result = run_cli("--check", "-config", path)
+        self.assertEqual(result.returncode, 2, result.stderr)
+        self.assertIn("servers[1].command: 'no-such-command-hmg' not found on the server's env.PATH "
+                      "(/nonexistent/bin)", result.stderr)
+        self.assertIn("servers[2].command: 'no-such-command-hmg' not found on the gateway's PATH", result.stderr)
+        self.assertIn("servers[3].working_dir: /nonexistent/dir does not exist", result.stderr)
+        self.assertIn("LaunchAgent starts with PATH=/usr/bin:/bin:/usr/sbin:/sbin", result.stderr)
+        self.assertNotIn("servers[0]", result.stderr.replace("servers[0].command: found", ""))
+
+    def test_check_passes_a_good_config_and_warns_about_permissions(self):
+        path = self.write_config(base_config([fake_server("ok")]), mode=0o644)
+        result = run_cli("--check", "-config", path)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("OK, 1 server(s): ok", result.stdout)
+        self.assertIn("chmod 600", result.stderr)
+
+    def test_check_notes_commands_a_launch_agent_would_not_find(self):
+        folder = os.path.join(self.folder, "bin")
+        os.mkdir(folder)
+        tool = os.path.join(folder, "hmg-tool")
+        with open(tool, "w") as f:
+            f.write("#!/bin/sh\n")
+        os.chmod(tool, 0o755)
+        path = self.write_config(base_config([{"server_id": "t", "command": "hmg-tool"}]))
+        env = dict(os.environ, PATH=folder + os.pathsep + os.environ.get("PATH", ""))
+        result = run_cli("--check", "-config", path, env=env)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("found at %s, but a LaunchAgent starts with PATH=" % tool, result.stderr)
+
+    def test_init_writes_a_private_working_config_and_never_overwrites(self):
+        path = os.path.join(self.folder, "sub", "config.json")
+        result = run_cli("--init", path)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        with open(path) as f:
+            config = json.load(f)
+        self.assertEqual(len(config["auth_token"]), 64)
+        self.assertEqual(config["servers"][0]["args"], [GATEWAY, "--example-server"])
+        self.assertEqual(run_cli("--check", "-config", path).returncode, 0)
+        again = run_cli("--init", path)
+        self.assertEqual(again.returncode, 2)
+        self.assertIn("already exists", again.stderr)
+        with open(path) as f:
+            self.assertEqual(json.load(f)["auth_token"], config["auth_token"])
+
+    def test_port_in_use_exits_1_naming_the_address(self):
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen(1)
+            port = taken.getsockname()[1]
+            path = self.write_config(base_config([fake_server()], bind_port=port))
+            result = run_cli("-config", path)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("cannot listen on 127.0.0.1 port %d" % port, result.stderr)
+
+    def test_example_server_speaks_stdio(self):
+        lines = [rpc("initialize", {"protocolVersion": "2025-06-18"}), {"jsonrpc": "2.0", "method": "x"},
+                 tool_call("echo", 2, text="hello")]
+        result = subprocess.run([sys.executable, GATEWAY, "--example-server"], capture_output=True, timeout=TIMEOUT,
+                                input="\n".join(json.dumps(line) for line in lines).encode() + b"\nnot json\n")
+        replies = [json.loads(line) for line in result.stdout.splitlines()]
+        self.assertEqual([reply["id"] for reply in replies], [1, 2])
+        self.assertEqual(replies[1]["result"]["structuredContent"], {"text": "hello"})
+
+    def test_demo_serves_the_example_with_a_fresh_token(self):
+        proc = subprocess.Popen([sys.executable, GATEWAY, "--demo"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                text=True)
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        banner = []
+        for line in proc.stdout:
+            banner.append(line)
+            if line.startswith("Stop with"):
+                break
+        text = "".join(banner)
+        token = text.split("TOKEN=", 1)[1].split()[0]
+        port = int(text.split("http://127.0.0.1:", 1)[1].split("/")[0])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+        payload = json.dumps(tool_call("echo", 1, text="demo"))
+
+        def echo():
+            conn.request("POST", "/example/rpc", payload, {"Authorization": "Bearer " + token})
+            response = conn.getresponse()
+            return response.status == 200 and json.loads(response.read())
+        reply = wait_for(echo, what="the demo's example server")
+        self.assertEqual(reply["result"]["structuredContent"], {"text": "demo"})
+        proc.send_signal(signal.SIGINT)
+        self.assertEqual(proc.wait(timeout=TIMEOUT), 0)
+        proc.stdout.close()
+
+
+class SamplesTest(unittest.TestCase):
+    def test_plist_is_a_launch_agent_for_the_system_python(self):
+        with open(os.path.join(HERE, "host-mcp-gateway.plist.sample"), "rb") as f:
+            agent = plistlib.load(f)
+        self.assertEqual(agent["ProgramArguments"][:2], ["/usr/bin/python3", agent["ProgramArguments"][1]])
+        self.assertTrue(agent["ProgramArguments"][1].endswith("host_mcp_gateway.py"))
+        self.assertIn("-config", agent["ProgramArguments"])
+        self.assertTrue(agent["RunAtLoad"])
+        self.assertTrue(agent["KeepAlive"])
+        self.assertIn("/Library/Logs/", agent["StandardErrorPath"])
+        path = agent["EnvironmentVariables"]["PATH"].split(":")
+        self.assertIn("/opt/homebrew/bin", path)
+        self.assertIn("/usr/local/bin", path)
+
+    def test_sample_config_is_valid_but_for_its_placeholder_token(self):
+        with open(os.path.join(HERE, "config.sample.json")) as f:
+            raw = json.load(f)
+        with self.assertRaises(gw.ConfigError) as caught:
+            gw.validate_config(raw)
+        self.assertEqual(len(caught.exception.messages), 1)
+        self.assertIn("auth_token: still holds the placeholder", caught.exception.messages[0])
+        gw.validate_config(dict(raw, auth_token=TOKEN))
+
+
+# HTTP front: access rules, framing, limits, errors -----------------------------------------------------------------
+
+class HttpFrontTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.gateway = GatewayProcess(cls, base_config([fake_server()], max_body_bytes=1024, client_timeout_ms=500))
+
+    @classmethod
+    def addCleanup(cls, function, *args):  # GatewayProcess registers its own cleanup: run it after the class
+        cls.addClassCleanup(function, *args)
+
+    def test_every_path_and_method_needs_the_token(self):
+        for path in ("/health", "/servers", "/rpc", "/fake/rpc", "/nope/rpc", "/", "/anything"):
+            for method in ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "TRACE", "PROPFIND"):
+                for token in (None, "wrong-token"):
+                    with self.subTest(path=path, method=method, token=token):
+                        status, response, body = self.gateway.request(method, path, token=token)
+                        self.assertEqual(status, 401)
+                        self.assertEqual(response.getheader("WWW-Authenticate"), 'Bearer realm="host-mcp-gateway"')
+                        if method != "HEAD":
+                            self.assertEqual(body["error"]["error_code"], "unauthorized")
+
+    def test_the_token_never_reaches_the_log(self):
+        self.gateway.request("GET", "/health", token="wrong-" + TOKEN)
+        self.gateway.request("GET", "/health")
+        self.gateway.wait_log(lambda r: r.get("event") == "http_request" and r.get("status") == 401)
+        log = "".join(self.gateway.raw_stderr)
+        self.assertNotIn(TOKEN, log)
+        self.assertNotIn("Bearer", log)
+
+    def test_keep_alive_serves_many_requests_on_one_connection(self):
+        conn = self.gateway.connect()
+        for _ in range(5):
+            status, response, _ = self.gateway.request("GET", "/health", conn=conn)
+            self.assertEqual(status, 200)
+        self.assertIsNotNone(conn.sock)  # not closed by the server
+
+    def test_error_shapes(self):
+        cases = [
+            ("GET", "/nope", None, 404, "not_found"),
+            ("GET", "/nope/rpc", None, 404, "unknown_server"),
+            ("DELETE", "/health", None, 405, "method_not_allowed"),
+            ("GET", "/rpc", None, 405, "method_not_allowed"),
+            ("POST", "/fake/rpc", b"{not json", 400, "invalid_json"),
+            ("POST", "/rpc", b"[1]", 400, "invalid_request"),
+            ("POST", "/rpc", {"server_id": "nope", "payload": rpc("ping")}, 404, "unknown_server"),
+            ("POST", "/fake/rpc", b"x" * 2000, 413, "payload_too_large"),
+        ]
+        for method, path, body, status, code in cases:
+            with self.subTest(method=method, path=path):
+                got, response, reply = self.gateway.request(method, path, body)
+                self.assertEqual((got, reply["error"]["error_code"]), (status, code))
+                self.assertIsInstance(reply["error"]["message"], str)
+                self.assertEqual(response.getheader("Content-Type"), "application/json")
+                if status == 405:
+                    self.assertIn(response.getheader("Allow"), ("GET", "POST"))
+
+    def test_oversized_body_is_refused_before_it_is_sent(self):
+        with socket.create_connection(("127.0.0.1", self.gateway.port), timeout=TIMEOUT) as sock:
+            sock.sendall(b"POST /fake/rpc HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode() +
+                         b"\r\nContent-Length: 100000000\r\nExpect: 100-continue\r\n\r\n")
+            reply = sock.recv(65536)
+        self.assertEqual(status_of(reply), 413)
+        self.assertIn(b"Connection: close", reply)
+
+    def test_expect_continue_is_answered(self):
+        body = json.dumps(rpc("ping")).encode()
+        with socket.create_connection(("127.0.0.1", self.gateway.port), timeout=TIMEOUT) as sock:
+            sock.sendall(b"POST /fake/rpc HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode() +
+                         b"\r\nContent-Length: %d\r\nExpect: 100-continue\r\n\r\n" % len(body))
+            self.assertEqual(sock.recv(65536), b"HTTP/1.1 100 Continue\r\n\r\n")
+            sock.sendall(body)
+            self.assertEqual(status_of(sock.recv(65536)), 200)
+
+    def test_malformed_framing_is_refused_and_the_connection_closed(self):
+        auth = b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+        cases = [
+            (b"POST /fake/rpc HTTP/1.1\r\nHost: x\r\n" + auth + b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", 411),
+            (b"POST /fake/rpc HTTP/1.1\r\nHost: x\r\n" + auth + b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}", 400),
+            (b"POST /fake/rpc HTTP/1.1\r\nHost: x\r\n" + auth + b"Content-Length: -1\r\n\r\n", 400),
+            (b"GARBAGE\r\n\r\n", 400),
+            (b"GET /health HTTP/3.0\r\nHost: x\r\n" + auth + b"\r\n", 505),
+            (b"GET /health HTTP/1.1\r\nHost: x\r\n" + auth + b"X-Long: " + b"a" * 40000 + b"\r\n\r\n", 431),
+        ]
+        for data, status in cases:
+            with self.subTest(data=data[:50]):
+                reply = raw_exchange(self.gateway.port, data)
+                self.assertEqual(status_of(reply), status)
+                self.assertIn("error_code", body_of(reply)["error"])
+
+    def test_slow_request_times_out_with_408(self):
+        started = time.monotonic()
+        reply = raw_exchange(self.gateway.port, b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        self.assertEqual(status_of(reply), 408)
+        self.assertLess(time.monotonic() - started, 5)
+
+    def test_idle_and_half_open_connections_do_not_block_others(self):
+        idle = [socket.create_connection(("127.0.0.1", self.gateway.port), timeout=TIMEOUT) for _ in range(50)]
+        try:
+            for sock in idle[:25]:
+                sock.sendall(b"GET /health HTTP/1.1\r\n")  # half a request
+            status, _, body = self.gateway.request("GET", "/health")
+            self.assertEqual((status, body["status"]), (200, "ok"))
+        finally:
+            for sock in idle:
+                sock.close()
+
+    def test_pipelined_requests_are_answered_in_order(self):
+        auth = b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+        request = b"GET /health HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n"
+        last = b"GET /servers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + auth + b"\r\n"
+        reply = raw_exchange(self.gateway.port, request * 2 + last)
+        self.assertEqual(reply.count(b"HTTP/1.1 200 OK"), 3)
+        self.assertIn(b'"servers":[', reply)
+
+    def test_health_and_servers(self):
+        self.gateway.wait_state("fake", "ready")
+        status, response, health = self.gateway.request("GET", "/health")
+        self.assertEqual(status, 200)
+        self.assertEqual((health["status"], health["version"], health["servers"]), ("ok", gw.VERSION, {"fake": "ready"}))
+        self.assertNotIn("Python", response.getheader("Server"))
+        server = self.gateway.servers()["fake"]
+        for key in ("state", "pid", "restart_count", "last_exit", "last_error", "uptime_s", "autostart",
+                    "restart_policy", "server_info", "protocol_version"):
+            self.assertIn(key, server)
+        self.assertEqual(server["server_info"], {"name": "fake", "version": "1.0.0"})
+        self.assertNotIn("env", server)
+
+    def test_access_log_line(self):
+        self.gateway.request("GET", "/servers?x=1")
+        record = self.gateway.wait_log(lambda r: r.get("event") == "http_request" and r.get("path") == "/servers")
+        for key in ("ts", "level", "method", "status", "duration_ms", "client"):
+            self.assertIn(key, record)
+        self.assertTrue(record["ts"].endswith("Z"))
+
+
+class AccessRuleTest(unittest.TestCase):
+    def test_client_outside_the_allowlist_is_refused_even_with_the_token(self):
+        gateway = GatewayProcess(self, base_config([fake_server(autostart=False)], allowed_clients=["10.9.9.9"]))
+        status, _, body = gateway.request("GET", "/health")
+        self.assertEqual((status, body["error"]["error_code"]), (403, "forbidden_client"))
+
+    def test_ipv6_listener(self):
+        try:
+            with socket.socket(socket.AF_INET6) as probe:
+                probe.bind(("::1", 0))
+        except OSError:
+            self.skipTest("no IPv6 loopback here")
+        gateway = GatewayProcess(self, base_config([fake_server(autostart=False)], bind_host="::1"))
+        conn = http.client.HTTPConnection("::1", gateway.port, timeout=TIMEOUT)
+        status, _, body = gateway.request("GET", "/health", conn=conn)
+        self.assertEqual(status, 200)
+
+    def test_sigterm_stops_cleanly_and_leaves_no_child(self):
+        gateway = GatewayProcess(self, base_config([fake_server()]))
+        gateway.wait_state("fake", "ready")
+        pid = gateway.tool("pid")["structuredContent"]["pid"]
+        grandchild = gateway.tool("spawn_grandchild")["structuredContent"]["pid"]
+        started = time.monotonic()
+        self.assertEqual(gateway.stop(signal.SIGTERM), 0)
+        self.assertLess(time.monotonic() - started, 5)
+        wait_for(lambda: process_gone(pid) and process_gone(grandchild), what="the child and grandchild to end")
+
+    def test_sigint_stops_with_a_request_in_flight(self):
+        gateway = GatewayProcess(self, base_config([fake_server()]))
+        gateway.wait_state("fake", "ready")
+        results = []
+        worker = threading.Thread(target=lambda: results.append(gateway.call("fake", tool_call("hang"))))
+        worker.start()
+        gateway.wait_log(lambda r: r.get("event") == "child_ready")
+        started = time.monotonic()
+        self.assertEqual(gateway.stop(signal.SIGINT), 0)
+        self.assertLess(time.monotonic() - started, 5)
+        worker.join(TIMEOUT)
+        status, reply = results[0]
+        self.assertEqual((status, reply["error"]["data"]["error_code"]), (503, "server_unavailable"))
+        self.assertIn("the gateway is stopping", reply["error"]["message"])
+
+
+# Child bridge: ids, batches, handshake, notifications ---------------------------------------------------------------
+
+class BridgeTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.gateway = GatewayProcess(cls, base_config([fake_server(), fake_server("lazy", autostart=False)],
+                                                      request_timeout_ms=3000))
+
+    @classmethod
+    def addCleanup(cls, function, *args):
+        cls.addClassCleanup(function, *args)
+
+    def received(self, server_id="fake"):
+        return self.gateway.tool("received", server_id)["structuredContent"]
+
+    def test_fifty_clients_with_the_same_id_each_get_their_own_answer(self):
+        def call(n):
+            return self.gateway.call("fake", tool_call("echo", 1, text="client %d" % n))
+        with ThreadPoolExecutor(50) as pool:
+            replies = list(pool.map(call, range(50)))
+        for n, (status, reply) in enumerate(replies):
+            self.assertEqual(status, 200)
+            self.assertEqual((reply["id"], reply["result"]["structuredContent"]["text"]), (1, "client %d" % n))
+
+    def test_ids_keep_their_type(self):
+        for request_id in ("abc", "7", 7, 0, -3, 2.5, "", "x" * 300):
+            with self.subTest(request_id=request_id):
+                status, reply = self.gateway.call("fake", rpc("ping", None, request_id))
+                self.assertEqual(status, 200)
+                self.assertEqual(reply["id"], request_id)
+                self.assertIs(type(reply["id"]), type(request_id))
+
+    def test_calls_complete_out_of_order(self):
+        order = []
+
+        def call(name, **arguments):
+            self.gateway.call("fake", tool_call(name, 1, **arguments))
+            order.append(name)
+        slow = threading.Thread(target=call, args=("sleep",), kwargs={"seconds": 0.5})
+        slow.start()
+        call("add", a=1, b=2)
+        slow.join(TIMEOUT)
+        self.assertEqual(order, ["add", "sleep"])
+
+    def test_wrapper_endpoint(self):
+        status, _, body = self.gateway.request("POST", "/rpc", {"server_id": "fake", "payload": tool_call("add", 9, a=2, b=3)})
+        self.assertEqual(status, 200)
+        self.assertEqual(body["server_id"], "fake")
+        self.assertEqual((body["payload"]["id"], body["payload"]["result"]["structuredContent"]), (9, {"sum": 5}))
+
+    def test_client_notifications_are_forwarded_and_answered_202(self):
+        for path, body in [("/fake/rpc", {"jsonrpc": "2.0", "method": "notifications/roots/list_changed"}),
+                           ("/rpc", {"server_id": "fake", "payload": {"jsonrpc": "2.0", "method": "notifications/x"}})]:
+            status, response, reply = self.gateway.request("POST", path, body)
+            self.assertEqual((status, reply, response.getheader("Content-Length")), (202, None, "0"))
+        methods = [n["method"] for n in self.received()["notifications"]]
+        self.assertIn("notifications/roots/list_changed", methods)
+        self.assertIn("notifications/x", methods)
+
+    def test_the_gateway_holds_the_handshake(self):
+        status, reply = self.gateway.call("fake", rpc("initialize", {"protocolVersion": "2025-06-18",
+                                                                     "capabilities": {}, "clientInfo": {"name": "t"}}))
+        self.assertEqual(status, 200)
+        self.assertEqual(reply["result"]["protocolVersion"], "2025-06-18")
+        self.assertEqual(reply["result"]["serverInfo"]["name"], "fake")
+        self.assertEqual(self.gateway.call("fake", {"jsonrpc": "2.0", "method": "notifications/initialized"})[0], 202)
+        self.assertEqual(self.gateway.tool("pid")["structuredContent"]["initializes"], 1)
+        initialized = [n for n in self.received()["notifications"] if n["method"] == "notifications/initialized"]
+        self.assertEqual(len(initialized), 1)
+
+    def test_client_cancel_names_the_gateway_id(self):
+        worker = threading.Thread(target=self.gateway.call, args=("fake", tool_call("sleep", "mine", seconds=1)))
+        worker.start()
+
+        def cancel_sent():
+            status, _ = self.gateway.call("fake", {"jsonrpc": "2.0", "method": "notifications/cancelled",
+                                                   "params": {"requestId": "mine", "reason": "test"}})
+            cancels = [n for n in self.received()["notifications"] if n["method"] == "notifications/cancelled"
+                       and n["params"].get("reason") == "test"]
+            return status == 202 and cancels
+        cancels = wait_for(cancel_sent, what="the cancel to reach the child")
+        self.assertIsInstance(cancels[0]["params"]["requestId"], int)
+        worker.join(TIMEOUT)
+
+    def test_batches(self):
+        batch = [tool_call("echo", "a", text="1"), {"jsonrpc": "2.0", "method": "notifications/x"},
+                 tool_call("add", 2, a=1, b=1), {"jsonrpc": "1.0", "id": 3, "method": "x"}, rpc("nope/nope", None, 4)]
+        status, replies = self.gateway.call("fake", batch)
+        self.assertEqual(status, 200)
+        self.assertEqual([r["id"] for r in replies], ["a", 2, 3, 4])
+        self.assertEqual(replies[0]["result"]["structuredContent"]["text"], "1")
+        self.assertEqual(replies[2]["error"]["code"], -32600)
+        self.assertEqual(replies[3]["error"]["code"], -32601)
+        self.assertEqual(self.gateway.call("fake", [{"jsonrpc": "2.0", "method": "notifications/x"}])[0], 202)
+        status, _, body = self.gateway.request("POST", "/fake/rpc", [])
+        self.assertEqual((status, body["error"]["error_code"]), (400, "invalid_request"))
+
+    def test_invalid_json_rpc_gets_a_clear_error(self):
+        cases = [({"jsonrpc": "2.0", "id": 5, "method": 7}, 5), ({"jsonrpc": "1.0", "id": "x", "method": "ping"}, "x"),
+                 ({"jsonrpc": "2.0", "id": 5, "method": "ping", "params": "nope"}, 5)]
+        for message, request_id in cases:
+            with self.subTest(message=message):
+                status, reply = self.gateway.call("fake", message)
+                self.assertEqual((status, reply["id"], reply["error"]["code"]), (400, request_id, -32600))
+        for message in (1, "text", None, {"jsonrpc": "2.0", "id": [1], "method": "ping"}, {"jsonrpc": "2.0"}):
+            with self.subTest(message=message):
+                status, reply = self.gateway.call("fake", message)
+                self.assertEqual((status, reply["error"]["error_code"]), (400, "invalid_request"))
+
+    def test_lazy_server_starts_on_first_request(self):
+        self.assertIn(self.gateway.servers()["lazy"]["state"], ("stopped", "ready"))
+        status, reply = self.gateway.call("lazy", rpc("ping"))
+        self.assertEqual((status, reply["result"]), (200, {}))
+        self.assertEqual(self.gateway.servers()["lazy"]["state"], "ready")
+
+    def test_non_json_stdout_and_stderr_flood_are_survived(self):
+        self.assertEqual(self.gateway.tool("garbage", text="this is not json")["content"][0]["text"], "ok")
+        self.gateway.wait_log(lambda r: r.get("event") == "child_non_json_line" and r["line"] == "this is not json")
+        self.assertEqual(self.gateway.tool("flood_stderr", bytes=3 * 1024 * 1024)["content"][0]["text"], "flooded")
+        self.assertEqual(self.gateway.tool("add", a=2, b=2)["structuredContent"], {"sum": 4})
+
+    def test_ten_mebibyte_result_passes_intact(self):
+        size = 10 * 1024 * 1024
+        result = self.gateway.tool("big", bytes=size)
+        self.assertEqual(result["content"][0]["text"], "a" * size)
+
+    def test_child_notifications_and_requests_are_never_taken_for_responses(self):
+        self.gateway.tool("notify", method="notifications/tools/list_changed", params={})
+        self.gateway.wait_log(lambda r: r.get("event") == "child_message" and
+                              r.get("method") == "notifications/tools/list_changed")
+        asked = self.gateway.tool("ask", method="roots/list", timeout=5)["structuredContent"]["response"]
+        self.assertEqual(asked["error"]["code"], -32601)
+
+
+class TimeoutTest(unittest.TestCase):
+    def test_timed_out_call_is_cancelled_and_others_are_unaffected(self):
+        gateway = GatewayProcess(self, base_config([fake_server()], request_timeout_ms=700))
+        gateway.wait_state("fake", "ready")
+        with ThreadPoolExecutor(2) as pool:
+            hung = pool.submit(gateway.call, "fake", tool_call("hang", "h"))
+            status, reply = gateway.call("fake", tool_call("add", 2, a=1, b=1))
+            self.assertEqual(status, 200)
+            status, reply = hung.result(TIMEOUT)
+        self.assertEqual((status, reply["id"], reply["error"]["code"]), (504, "h", -32001))
+        self.assertEqual(reply["error"]["data"]["error_code"], "timeout")
+        status, _, body = gateway.request("POST", "/rpc", {"server_id": "fake", "payload": tool_call("hang", 8)})
+        self.assertEqual((status, body["error"]["error_code"], body["error"]["request_id"]), (504, "timeout", "8"))
+        notifications = gateway.tool("received")["structuredContent"]["notifications"]
+        cancelled = [n for n in notifications if n["method"] == "notifications/cancelled"]
+        self.assertEqual(len(cancelled), 2)
+
+
+class ChildLifecycleTest(unittest.TestCase):
+    def test_crash_fails_calls_at_once_then_restarts(self):
+        gateway = GatewayProcess(self, base_config([fake_server()], request_timeout_ms=20000))
+        gateway.wait_state("fake", "ready")
+        first_pid = gateway.tool("pid")["structuredContent"]["pid"]
+        with ThreadPoolExecutor(1) as pool:
+            sleeper = pool.submit(gateway.call, "fake", tool_call("sleep", 5, seconds=15))
+            started = time.monotonic()
+            status, reply = gateway.call("fake", tool_call("crash", 6, code=7, stderr="boom: disk on fire"))
+            status_sleeper, reply_sleeper = sleeper.result(TIMEOUT)
+        self.assertLess(time.monotonic() - started, 5)
+        for status, reply, request_id in ((status, reply, 6), (status_sleeper, reply_sleeper, 5)):
+            self.assertEqual((status, reply["id"], reply["error"]["data"]["error_code"]), (502, request_id, "server_exited"))
+            self.assertIn("exited with code 7", reply["error"]["message"])
+            self.assertIn("boom: disk on fire", reply["error"]["message"])
+        second_pid = wait_for(lambda: gateway.call("fake", tool_call("pid"))[1].get("result"),
+                              what="the restarted child")["structuredContent"]["pid"]
+        self.assertNotEqual(first_pid, second_pid)
+        server = gateway.servers()["fake"]
+        self.assertEqual((server["restart_count"], server["last_exit"]), (1, "exited with code 7"))
+        wait_for(lambda: process_gone(first_pid), what="the old child to be reaped")
+
+    def test_request_during_a_pending_restart_waits_for_it(self):
+        gateway = GatewayProcess(self, base_config([fake_server()], restart_backoff_ms=300))
+        gateway.wait_state("fake", "ready")
+        gateway.call("fake", tool_call("kill_self", signal=9))
+        status, reply = gateway.call("fake", tool_call("add", 2, a=20, b=22))
+        self.assertEqual((status, reply["result"]["structuredContent"]), (200, {"sum": 42}))
+        self.assertEqual(gateway.servers()["fake"]["last_exit"], "killed by signal 9 (SIGKILL)")
+
+    def assert_unavailable_at_once(self, gateway, server_id, *phrases):
+        started = time.monotonic()
+        status, reply = gateway.call(server_id, rpc("ping"))
+        self.assertLess(time.monotonic() - started, 2)
+        self.assertEqual((status, reply["error"]["data"]["error_code"]), (503, "server_unavailable"))
+        for phrase in phrases:
+            self.assertIn(phrase, reply["error"]["message"])
+        return reply
+
+    def test_servers_that_cannot_become_ready_answer_503_at_once_with_the_reason(self):
+        gateway = GatewayProcess(self, base_config([
+            fake_server("crashloop", "--exit-at-start", "3"),
+            {"server_id": "missing", "command": "no-such-command-hmg", "autostart": True, "restart_policy": "never"},
+            fake_server("dies", "--handshake", "die"),
+            fake_server("hangs", "--handshake", "hang", startup_timeout_ms=400, restart_policy="never"),
+            fake_server("refuses", "--handshake", "error", restart_policy="never"),
+        ], restart_backoff_ms=60000))
+        gateway.wait_state("missing", "failed")
+        gateway.wait_state("crashloop", "backoff")
+        gateway.wait_state("dies", "backoff")
+        gateway.wait_state("hangs", "failed")
+        gateway.wait_state("refuses", "failed")
+        self.assert_unavailable_at_once(gateway, "crashloop", "exited with code 3", "exiting at start")
+        self.assert_unavailable_at_once(gateway, "missing", "'no-such-command-hmg': not found on the gateway's PATH",
+                                        "stays down")
+        self.assert_unavailable_at_once(gateway, "dies", "exited with code 3", "dying during handshake", "next start in")
+        self.assert_unavailable_at_once(gateway, "hangs", "did not answer initialize within 400 ms")
+        self.assert_unavailable_at_once(gateway, "refuses", "refused initialize", "handshake refused")
+        servers = gateway.servers()
+        self.assertEqual(servers["crashloop"]["last_exit"], "exited with code 3")
+        self.assertGreater(servers["crashloop"]["next_start_in_s"], 50)
+        status, _, health = gateway.request("GET", "/health")
+        self.assertEqual((status, health["status"]), (503, "degraded"))
+
+    def test_crash_loop_backs_off_and_counts_restarts(self):
+        gateway = GatewayProcess(self, base_config([fake_server("loop", "--exit-at-start", "1")], restart_backoff_ms=50))
+        wait_for(lambda: gateway.servers()["loop"]["restart_count"] >= 3, what="three restarts")
+        delays = [r["delay_s"] for r in gateway.logs if r.get("event") == "server_restart_scheduled"][:3]
+        self.assertEqual(delays, [0.05, 0.1, 0.2])
+
+    def test_restart_policies(self):
+        gateway = GatewayProcess(self, base_config([
+            fake_server("never", restart_policy="never"), fake_server("onfail", restart_policy="on-failure"),
+            fake_server("always", restart_policy="always")]))
+        for server_id in ("never", "onfail", "always"):
+            gateway.wait_state(server_id, "ready")
+        gateway.call("never", tool_call("crash", code=1))
+        gateway.call("onfail", tool_call("crash", code=0))
+        gateway.call("always", tool_call("crash", code=0))
+        self.assertEqual(gateway.wait_state("never", "failed")["last_exit"], "exited with code 1")
+        self.assertEqual(gateway.wait_state("onfail", "stopped")["last_exit"], "exited with code 0")
+        wait_for(lambda: gateway.servers()["always"]["restart_count"] == 1 and gateway.servers()["always"]["state"] == "ready",
+                 what="always to restart")
+        self.assert_unavailable_at_once(gateway, "never", "exited with code 1", "stays down")
+        self.assert_unavailable_at_once(gateway, "onfail", "exited with code 0", "stays down")
+
+
+class ComponentTest(unittest.TestCase):
+    """ServerRuntime and ChildProcess in this process, to check that every thread they start ends."""
+
+    def test_runtime_start_call_stop_leaves_no_thread_or_process(self):
+        before = set(threading.enumerate())
+        config = gw.validate_config(base_config([fake_server()]))
+        logs = []
+        logger = gw.Logger(stream=type("Sink", (), {"write": logs.append, "flush": lambda self: None})())
+        runtime = gw.ServerRuntime(config.servers[0], config, logger, 1 << 20, gw.Router(logger).on_child_message)
+        runtime.start()
+        child = runtime.ready_child(time.monotonic() + TIMEOUT)
+        reply = child.call(tool_call("add", "x", a=1, b=2), time.monotonic() + TIMEOUT)
+        self.assertEqual((reply["id"], reply["result"]["structuredContent"]), ("x", {"sum": 3}))
+        pid = child.pid
+        runtime.request_stop()
+        runtime.join(TIMEOUT)
+        self.assertEqual(runtime.state, "stopped")
+        wait_for(lambda: set(threading.enumerate()) <= before, what="every thread to end")
+        self.assertTrue(process_gone(pid))
+        self.assertFalse(any(gw.TOKEN_HELP in line for line in logs))
