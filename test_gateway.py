@@ -757,16 +757,19 @@ class AccessRuleTest(unittest.TestCase):
         gateway = GatewayProcess(self, base_config([fake_server()]))
         gateway.wait_state("fake", "ready")
         results = []
-        worker = threading.Thread(target=lambda: results.append(gateway.call("fake", tool_call("hang"))))
+        marker = {"jsonrpc": "2.0", "method": "notifications/marker"}  # forwarded just before the hanging call
+        worker = threading.Thread(target=lambda: results.append(gateway.call("fake", [marker, tool_call("hang")])))
         worker.start()
-        gateway.wait_log(lambda r: r.get("event") == "child_ready")
+        wait_for(lambda: any(n["method"] == "notifications/marker"
+                             for n in gateway.tool("received")["structuredContent"]["notifications"]),
+                 what="the hanging call to be in flight")
         started = time.monotonic()
         self.assertEqual(gateway.stop(signal.SIGINT), 0)
         self.assertLess(time.monotonic() - started, 5)
         worker.join(TIMEOUT)
-        status, reply = results[0]
-        self.assertEqual((status, reply["error"]["data"]["error_code"]), (503, "server_unavailable"))
-        self.assertIn("the gateway is stopping", reply["error"]["message"])
+        status, replies = results[0]
+        self.assertEqual((status, replies[0]["error"]["data"]["error_code"]), (200, "server_unavailable"))
+        self.assertIn("the gateway is stopping", replies[0]["error"]["message"])
 
 
 # Child bridge: ids, batches, handshake, notifications ---------------------------------------------------------------
