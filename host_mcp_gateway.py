@@ -69,6 +69,7 @@ STDERR_TAIL_LINES = 10  # the last lines of stderr quoted when a child exits
 CHILD_STOP_GRACE_S = 2.0  # SIGTERM to SIGKILL; keeps a whole gateway stop under 5 s
 CHILD_EXIT_SETTLE_S = 1.0  # after stdout closes, how long a child gets to exit by itself before it is stopped
 MAX_BACKOFF_S = 60.0  # restart backoff doubles up to this
+MIN_LOOP_DELAY_S = 0.1  # even with restart_backoff_ms 0, a crash loop never spins the CPU
 STABLE_AFTER_S = 30.0  # a child ready this long has recovered: the next failure starts the backoff over
 SHUTDOWN_GRACE_S = 2.0  # in-flight requests get this long to finish on SIGTERM
 POLL_S = 0.5  # how often waiting threads look at their stop Event
@@ -76,9 +77,9 @@ POLL_S = 0.5  # how often waiting threads look at their stop Event
 JSONRPC_PARSE_ERROR = -32700
 JSONRPC_INVALID_REQUEST = -32600
 JSONRPC_METHOD_NOT_FOUND = -32601
-JSONRPC_INTERNAL_ERROR = -32603
 JSONRPC_SERVER_ERROR = -32000  # the gateway's own failures (child unavailable or exited)
 JSONRPC_REQUEST_TIMEOUT = -32001  # the SDKs use this code for a request that timed out
+JSONRPC_REQUEST_CANCELLED = -32800  # the answer to a call its client cancelled (the code LSP uses)
 
 
 # § 2 Errors ----------------------------------------------------------------------------------------------------
@@ -193,7 +194,6 @@ def new_token():
 TOKEN_HELP = ("make one with `openssl rand -hex 32` or "
               "`python3 -c 'import secrets; print(secrets.token_hex(32))'`")
 RESTART_POLICIES = ("always", "on-failure", "never")
-ISOLATION_MODES = ("shared", "session")
 SERVER_ID_RE = re.compile(r"[A-Za-z0-9._-]+\Z")
 # Path segments the gateway routes itself; a server_id equal to one would be shadowed or confusing.
 RESERVED_SERVER_IDS = frozenset({"rpc", "health", "servers", "metrics", "status", "v1", ".", ".."})
@@ -353,7 +353,9 @@ def _apply_fields(raw, fields, path, errors):
 
 
 def _check_server_id(value, seen):
-    if not isinstance(value, str) or not SERVER_ID_RE.match(value):
+    if not isinstance(value, str):
+        return "must be a string"
+    if not SERVER_ID_RE.match(value):
         return "must be letters, digits, '.', '_' or '-'"
     if value.lower() in RESERVED_SERVER_IDS:
         return "'%s' is a name the gateway routes itself; choose another" % value
@@ -384,9 +386,10 @@ def validate_config(raw, path=None):
             problem = _check_server_id(raw_server["server_id"], seen)
             if problem:
                 errors.append("%sserver_id: %s" % (where, problem))
-            seen.add(raw_server["server_id"])
+            elif isinstance(raw_server["server_id"], str):
+                seen.add(raw_server["server_id"])
         servers.append(ServerSpec(server_values))
-    if isinstance(values["allowed_clients"], list):
+    if _check_string_list(values["allowed_clients"]) is None:
         for index, entry in enumerate(values["allowed_clients"]):
             problem = Allowlist.entry_problem(entry)
             if problem:
@@ -469,15 +472,21 @@ def command_search_path(spec):
     return os.environ.get("PATH", os.defpath), "the gateway's PATH"
 
 
+def command_path(spec):
+    """The command as the child is started with it: `~` expanded; with a `/`, relative to working_dir."""
+    return os.path.expanduser(spec.command)
+
+
 def resolve_command(spec):
-    """Where the child's command will be found, or None. Returns (path or None, searched PATH, its source)."""
-    search_path, source = command_search_path(spec)
-    if os.sep in spec.command:
-        base = spec.working_dir or os.getcwd()
-        candidate = os.path.join(base, os.path.expanduser(spec.command))
+    """Where the child's command will be found, or None. Returns (path or None, searched PATH, its source);
+    a command with a `/` is not searched for, and its source is None."""
+    command = command_path(spec)
+    if os.sep in command:
+        candidate = os.path.join(os.path.expanduser(spec.working_dir) or os.getcwd(), command)
         found = candidate if os.path.isfile(candidate) and os.access(candidate, os.X_OK) else None
-        return found, search_path, source
-    return shutil.which(spec.command, path=search_path), search_path, source
+        return found, None, None
+    search_path, source = command_search_path(spec)
+    return shutil.which(command, path=search_path), search_path, source
 
 
 def check_host(config):
@@ -489,7 +498,9 @@ def check_host(config):
             errors.append("%s.working_dir: %s does not exist" % (where, spec.working_dir))
             continue
         found, search_path, source = resolve_command(spec)
-        if not found:
+        if not found and source is None:
+            errors.append("%s.command: %s is not an executable file" % (where, spec.command))
+        elif not found:
             errors.append("%s.command: '%s' not found on %s (%s)" % (where, spec.command, source, search_path))
         elif source == "the gateway's PATH" and os.path.dirname(found) not in LAUNCHD_PATH.split(":"):
             notes.append("%s.command: found at %s, but a LaunchAgent starts with PATH=%s; set the absolute path "
@@ -549,8 +560,12 @@ def message_id(message):
     return None
 
 
-def negotiate_protocol_version(requested):
-    return requested if requested in SUPPORTED_PROTOCOL_VERSIONS else HANDSHAKE_PROTOCOL_VERSION
+def negotiate_protocol_version(requested, child_version=None):
+    """The protocol version a client gets: the one it asked for when the gateway supports it and the child speaks
+    it (the child's own version or an older one), else the newest that both the gateway and the child speak."""
+    usable = [version for version in SUPPORTED_PROTOCOL_VERSIONS
+              if child_version not in SUPPORTED_PROTOCOL_VERSIONS or version <= child_version]
+    return requested if requested in usable else usable[0]
 
 
 # § 6 Child process ---------------------------------------------------------------------------------------------
@@ -598,6 +613,10 @@ class ChildProcess:
     def pid(self):
         return self.process.pid if self.process else None
 
+    @property
+    def accepting_calls(self):
+        return self._exit_error is None
+
     def start(self):
         spec = self.spec
         env = dict(os.environ)
@@ -605,7 +624,7 @@ class ChildProcess:
         working_dir = os.path.expanduser(spec.working_dir) if spec.working_dir else None
         try:
             self.process = subprocess.Popen(
-                [spec.command] + spec.args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                [command_path(spec)] + spec.args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, cwd=working_dir, env=env, start_new_session=True)
         except OSError as e:
             raise unavailable(self.server_id, self._spawn_problem(e)) from None
@@ -622,7 +641,7 @@ class ChildProcess:
         if spec.working_dir and not os.path.isdir(os.path.expanduser(spec.working_dir)):
             return "cannot start %r: working_dir %s does not exist" % (spec.command, spec.working_dir)
         search_path, source = command_search_path(spec)
-        if isinstance(error, FileNotFoundError):
+        if isinstance(error, FileNotFoundError) and os.sep not in command_path(spec):
             return "cannot start %r: not found on %s (%s)" % (spec.command, source, search_path)
         return "cannot start %r: %s" % (spec.command, error.strerror or error)
 
@@ -788,12 +807,17 @@ class ChildProcess:
                        if call.session is session and call.caller_id == caller_id]
         return matches[0] if len(matches) == 1 else None
 
-    def cancel_call(self, gateway_id, reason):
+    def cancel_call(self, gateway_id, reason, answer_caller=False):
+        """Tells the child to drop a call; its late answer will be dropped. With `answer_caller`, whoever waits
+        for the call is answered now with a cancellation error."""
         with self._lock:
             call = self._pending.pop(gateway_id, None)
-        if call is not None:
-            self.send({"jsonrpc": "2.0", "method": "notifications/cancelled",
-                       "params": {"requestId": gateway_id, "reason": reason}})
+        if call is None:
+            return
+        self.send({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                   "params": {"requestId": gateway_id, "reason": reason}})
+        if answer_caller:
+            call.answers.put(rpc_error(call.caller_id, JSONRPC_REQUEST_CANCELLED, "request cancelled: " + reason))
 
     def fail_calls(self, error):
         """Fails every call in flight, and every later one, with `error` (the first error given wins)."""
@@ -879,7 +903,8 @@ def backoff_delay(base_s, consecutive_failures):
     """Seconds before the next start: base, doubling with each consecutive failure, at most MAX_BACKOFF_S."""
     if consecutive_failures <= 0:
         return 0.0
-    return min(MAX_BACKOFF_S, base_s * 2 ** (consecutive_failures - 1))
+    delay = min(MAX_BACKOFF_S, base_s * 2 ** (consecutive_failures - 1))
+    return delay if consecutive_failures == 1 else max(delay, MIN_LOOP_DELAY_S)
 
 
 class ServerRuntime:
@@ -933,7 +958,7 @@ class ServerRuntime:
         self.start()
         with self._cond:
             while True:
-                if self.state == "ready":
+                if self.state == "ready" and self.child.accepting_calls:
                     return self.child
                 if self._stop.is_set():
                     raise unavailable(self.server_id, "server %s: the gateway is stopping" % self.server_id)
@@ -1106,42 +1131,53 @@ class Router:
         method = message.get("method")
         if method == "notifications/initialized":
             return None  # the gateway did the child's handshake itself; the child expects no second one
-        child = runtime.ready_child(deadline)
-        if method == "initialize":
-            return self.initialize_reply(runtime, message)
-        if kind == REQUEST:
-            gateway_id, call = child.begin_call(message, session)
-            return Ticket(child, gateway_id, call)
-        if kind == NOTIFICATION and method == "notifications/cancelled":
-            message = self._translate_cancel(child, message, session)
-            if message is None:
-                return None
         if kind == RESPONSE:
             self._log.info("client_response_dropped", server_id=runtime.server_id, id=message["id"],
                            reason="no server-to-client request is waiting for it")
             return None
-        child.send(message)
+        if kind == REQUEST and method != "initialize":
+            return self._forward_request(runtime, message, deadline, session)
+        child = runtime.ready_child(deadline)
+        if method == "initialize":
+            return self.initialize_reply(runtime, message)
+        if method == "notifications/cancelled":
+            self._cancel_for_client(child, message, session)
+        else:
+            child.send(message)
         return None
+
+    @staticmethod
+    def _forward_request(runtime, message, deadline, session):
+        while True:
+            child = runtime.ready_child(deadline)
+            try:
+                gateway_id, call = child.begin_call(message, session)
+            except GatewayError as e:
+                if e.error_code == "server_exited":
+                    continue  # it died before the call reached it: wait for the restart like any later call
+                raise
+            return Ticket(child, gateway_id, call)
 
     @staticmethod
     def initialize_reply(runtime, message):
         """A client's initialize, answered from the child's kept result: the child is initialized exactly once."""
         result = dict(runtime.init_result)
         params = message.get("params") if isinstance(message.get("params"), dict) else {}
-        result["protocolVersion"] = negotiate_protocol_version(params.get("protocolVersion"))
+        result["protocolVersion"] = negotiate_protocol_version(params.get("protocolVersion"),
+                                                               runtime.init_result.get("protocolVersion"))
         return {"jsonrpc": "2.0", "id": message["id"], "result": result}
 
     @staticmethod
-    def _translate_cancel(child, message, session):
-        """A client's notifications/cancelled names its own request id: point it at the gateway id."""
+    def _cancel_for_client(child, message, session):
+        """A client's notifications/cancelled names its own request id: the child is told the gateway id, and
+        the cancelled call's HTTP request is answered at once instead of at its timeout."""
         params = message.get("params")
         if not isinstance(params, dict) or "requestId" not in params:
-            return None
+            return
         gateway_id = child.find_call(params["requestId"], session)
-        if gateway_id is None:
-            return None  # already answered, or ambiguous among sessionless callers: nothing to cancel
-        translated = dict(params, requestId=gateway_id)
-        return dict(message, params=translated)
+        if gateway_id is not None:  # else: already answered, or ambiguous among sessionless callers
+            reason = params.get("reason") if isinstance(params.get("reason"), str) else "cancelled by the client"
+            child.cancel_call(gateway_id, reason, answer_caller=True)
 
     def on_child_message(self, child, message, kind):
         """A message from a child that answers no call. Until sessions route them, notifications are logged and

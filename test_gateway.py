@@ -182,6 +182,23 @@ class GatewayProcess:
         self.proc.stderr.close()
 
 
+def start_in_flight(testcase, gateway, message, server_id="fake"):
+    """Sends `message` from a worker thread; returns once the child has received it, as a future of
+    (status, reply). A marker notification goes in the same batch just before it, and the child lists it."""
+    marker = {"jsonrpc": "2.0", "method": "notifications/marker-%s" % id(message)}
+    pool = ThreadPoolExecutor(1)
+    testcase.addCleanup(pool.shutdown)
+
+    def call():
+        status, replies = gateway.call(server_id, [marker, message])
+        return status, replies[0] if isinstance(replies, list) else replies
+    future = pool.submit(call)
+    wait_for(lambda: any(n["method"] == marker["method"]
+                         for n in gateway.tool("received", server_id)["structuredContent"]["notifications"]),
+             what="the call to reach the child")
+    return future
+
+
 def raw_exchange(port, data, read_until_close=True):
     """Sends raw bytes and returns what comes back until the server closes (or the first response)."""
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
@@ -254,6 +271,8 @@ class ConfigValidationTest(unittest.TestCase):
             ({"servers": [{"server_id": "a", "command": "x", "args": "-v"}]}, "servers[0].args: must be a list"),
             ({"servers": [{"server_id": "a", "command": "x", "autostart": "yes"}]}, "servers[0].autostart: must be true"),
             ({"servers": ["a"]}, "servers[0]: must be an object"),
+            ({"servers": [{"server_id": ["a"], "command": "x"}]}, "servers[0].server_id: must be a string"),
+            ({"allowed_clients": ["localhost", 7]}, "allowed_clients: must be a list of strings"),
         ]
         for overrides, expected in cases:
             raw = {"auth_token": TOKEN, "allowed_clients": ["localhost"], "servers": [good_server]}
@@ -384,10 +403,14 @@ class JsonRpcTest(unittest.TestCase):
                 self.assertEqual(gw.classify(message)[0], kind)
 
     def test_protocol_negotiation(self):
-        for requested, answered in [("2025-06-18", "2025-06-18"), ("2024-11-05", "2024-11-05"),
-                                    ("2099-01-01", "2025-11-25"), (None, "2025-11-25")]:
-            with self.subTest(requested=requested):
-                self.assertEqual(gw.negotiate_protocol_version(requested), answered)
+        cases = [("2025-06-18", None, "2025-06-18"), ("2024-11-05", None, "2024-11-05"),
+                 ("2099-01-01", None, "2025-11-25"), (None, None, "2025-11-25"),
+                 ("2025-11-25", "2025-06-18", "2025-06-18"), ("2025-03-26", "2025-06-18", "2025-03-26"),
+                 ("2025-11-25", "2025-11-25", "2025-11-25"), ("2025-06-18", "1.0", "2025-06-18"),
+                 ("2099-01-01", "2025-03-26", "2025-03-26")]
+        for requested, child_version, answered in cases:
+            with self.subTest(requested=requested, child_version=child_version):
+                self.assertEqual(gw.negotiate_protocol_version(requested, child_version), answered)
 
     def test_example_server_replies(self):
         cases = [
@@ -417,7 +440,7 @@ class RestartRuleTest(unittest.TestCase):
 
     def test_backoff_doubles_up_to_the_cap(self):
         for base, failures, delay in [(2.0, 0, 0.0), (2.0, 1, 2.0), (2.0, 2, 4.0), (2.0, 5, 32.0), (2.0, 6, 60.0),
-                                      (2.0, 50, 60.0), (0.0, 7, 0.0)]:
+                                      (2.0, 50, 60.0), (0.0, 1, 0.0), (0.0, 2, 0.1), (0.0, 7, 0.1)]:
             with self.subTest(base=base, failures=failures):
                 self.assertEqual(gw.backoff_delay(base, failures), delay)
 
@@ -475,6 +498,7 @@ class CliTest(unittest.TestCase):
             {"server_id": "missing", "command": "no-such-command-hmg", "env": {"PATH": "/nonexistent/bin"}},
             {"server_id": "missing2", "command": "no-such-command-hmg"},
             {"server_id": "nodir", "command": sys.executable, "working_dir": "/nonexistent/dir"},
+            {"server_id": "notexec", "command": FAKE_SERVER},
         ]))
         result = run_cli("--check", "-config", path)
         self.assertEqual(result.returncode, 2, result.stderr)
@@ -482,6 +506,7 @@ class CliTest(unittest.TestCase):
                       "(/nonexistent/bin)", result.stderr)
         self.assertIn("servers[2].command: 'no-such-command-hmg' not found on the gateway's PATH", result.stderr)
         self.assertIn("servers[3].working_dir: /nonexistent/dir does not exist", result.stderr)
+        self.assertIn("servers[4].command: %s is not an executable file" % FAKE_SERVER, result.stderr)
         self.assertIn("LaunchAgent starts with PATH=/usr/bin:/bin:/usr/sbin:/sbin", result.stderr)
         self.assertNotIn("servers[0]", result.stderr.replace("servers[0].command: found", ""))
 
@@ -514,7 +539,9 @@ class CliTest(unittest.TestCase):
             config = json.load(f)
         self.assertEqual(len(config["auth_token"]), 64)
         self.assertEqual(config["servers"][0]["args"], [GATEWAY, "--example-server"])
-        self.assertEqual(run_cli("--check", "-config", path).returncode, 0)
+        checked = run_cli("--check", "-config", path)
+        self.assertEqual(checked.returncode, 0)
+        self.assertNotIn("LaunchAgent", checked.stderr)  # an absolute command needs no PATH
         again = run_cli("--init", path)
         self.assertEqual(again.returncode, 2)
         self.assertIn("already exists", again.stderr)
@@ -756,20 +783,13 @@ class AccessRuleTest(unittest.TestCase):
     def test_sigint_stops_with_a_request_in_flight(self):
         gateway = GatewayProcess(self, base_config([fake_server()]))
         gateway.wait_state("fake", "ready")
-        results = []
-        marker = {"jsonrpc": "2.0", "method": "notifications/marker"}  # forwarded just before the hanging call
-        worker = threading.Thread(target=lambda: results.append(gateway.call("fake", [marker, tool_call("hang")])))
-        worker.start()
-        wait_for(lambda: any(n["method"] == "notifications/marker"
-                             for n in gateway.tool("received")["structuredContent"]["notifications"]),
-                 what="the hanging call to be in flight")
+        hung = start_in_flight(self, gateway, tool_call("hang"))
         started = time.monotonic()
         self.assertEqual(gateway.stop(signal.SIGINT), 0)
         self.assertLess(time.monotonic() - started, 5)
-        worker.join(TIMEOUT)
-        status, replies = results[0]
-        self.assertEqual((status, replies[0]["error"]["data"]["error_code"]), (200, "server_unavailable"))
-        self.assertIn("the gateway is stopping", replies[0]["error"]["message"])
+        status, reply = hung.result(TIMEOUT)
+        self.assertEqual((status, reply["error"]["data"]["error_code"]), (200, "server_unavailable"))
+        self.assertIn("the gateway is stopping", reply["error"]["message"])
 
 
 # Child bridge: ids, batches, handshake, notifications ---------------------------------------------------------------
@@ -842,19 +862,16 @@ class BridgeTest(unittest.TestCase):
         initialized = [n for n in self.received()["notifications"] if n["method"] == "notifications/initialized"]
         self.assertEqual(len(initialized), 1)
 
-    def test_client_cancel_names_the_gateway_id(self):
-        worker = threading.Thread(target=self.gateway.call, args=("fake", tool_call("sleep", "mine", seconds=1)))
-        worker.start()
-
-        def cancel_sent():
-            status, _ = self.gateway.call("fake", {"jsonrpc": "2.0", "method": "notifications/cancelled",
-                                                   "params": {"requestId": "mine", "reason": "test"}})
-            cancels = [n for n in self.received()["notifications"] if n["method"] == "notifications/cancelled"
-                       and n["params"].get("reason") == "test"]
-            return status == 202 and cancels
-        cancels = wait_for(cancel_sent, what="the cancel to reach the child")
-        self.assertIsInstance(cancels[0]["params"]["requestId"], int)
-        worker.join(TIMEOUT)
+    def test_client_cancel_names_the_gateway_id_and_answers_the_call_at_once(self):
+        hung = start_in_flight(self, self.gateway, tool_call("hang", "mine"))
+        status, _ = self.gateway.call("fake", {"jsonrpc": "2.0", "method": "notifications/cancelled",
+                                               "params": {"requestId": "mine", "reason": "user gave up"}})
+        self.assertEqual(status, 202)
+        status, reply = hung.result(TIMEOUT)
+        self.assertEqual((status, reply["id"], reply["error"]["code"]), (200, "mine", -32800))
+        cancels = [n for n in self.received()["notifications"] if n["method"] == "notifications/cancelled"]
+        self.assertEqual(cancels[-1]["params"]["reason"], "user gave up")
+        self.assertIsInstance(cancels[-1]["params"]["requestId"], int)
 
     def test_batches(self):
         batch = [tool_call("echo", "a", text="1"), {"jsonrpc": "2.0", "method": "notifications/x"},
@@ -929,14 +946,14 @@ class ChildLifecycleTest(unittest.TestCase):
         gateway = GatewayProcess(self, base_config([fake_server()], request_timeout_ms=20000))
         gateway.wait_state("fake", "ready")
         first_pid = gateway.tool("pid")["structuredContent"]["pid"]
-        with ThreadPoolExecutor(1) as pool:
-            sleeper = pool.submit(gateway.call, "fake", tool_call("sleep", 5, seconds=15))
-            started = time.monotonic()
-            status, reply = gateway.call("fake", tool_call("crash", 6, code=7, stderr="boom: disk on fire"))
-            status_sleeper, reply_sleeper = sleeper.result(TIMEOUT)
+        sleeper = start_in_flight(self, gateway, tool_call("sleep", 5, seconds=15))
+        started = time.monotonic()
+        status, reply = gateway.call("fake", tool_call("crash", 6, code=7, stderr="boom: disk on fire"))
+        status_sleeper, reply_sleeper = sleeper.result(TIMEOUT)
         self.assertLess(time.monotonic() - started, 5)
-        for status, reply, request_id in ((status, reply, 6), (status_sleeper, reply_sleeper, 5)):
-            self.assertEqual((status, reply["id"], reply["error"]["data"]["error_code"]), (502, request_id, "server_exited"))
+        self.assertEqual((status, status_sleeper), (502, 200))  # the sleeper went in a batch: its error is inside
+        for reply, request_id in ((reply, 6), (reply_sleeper, 5)):
+            self.assertEqual((reply["id"], reply["error"]["data"]["error_code"]), (request_id, "server_exited"))
             self.assertIn("exited with code 7", reply["error"]["message"])
             self.assertIn("boom: disk on fire", reply["error"]["message"])
         second_pid = wait_for(lambda: gateway.call("fake", tool_call("pid"))[1].get("result"),
