@@ -189,12 +189,19 @@ def new_token():
     return secrets.token_hex(32)
 
 
+def session_label(session_id):
+    """Enough of a session id to follow it through logs and /servers without handing it out."""
+    return session_id[:8]
+
+
 # § 4 Configuration and access control (pure) ------------------------------------------------------------------
 
 TOKEN_HELP = ("make one with `openssl rand -hex 32` or "
               "`python3 -c 'import secrets; print(secrets.token_hex(32))'`")
 RESTART_POLICIES = ("always", "on-failure", "never")
+ISOLATION_MODES = ("shared", "session")
 SERVER_ID_RE = re.compile(r"[A-Za-z0-9._-]+\Z")
+ORIGIN_RE = re.compile(r"(https?)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?\Z")
 # Path segments the gateway routes itself; a server_id equal to one would be shadowed or confusing.
 RESERVED_SERVER_IDS = frozenset({"rpc", "health", "servers", "metrics", "status", "v1", ".", ".."})
 
@@ -245,6 +252,13 @@ def _one_of(choices):
     return check
 
 
+def _check_origins(value):
+    problem = _check_string_list(value)
+    if problem is None and not all(ORIGIN_RE.match(origin) for origin in value):
+        return "each entry must be an origin like http://localhost:6274 (scheme://host[:port], no path)"
+    return problem
+
+
 def _check_auth_token(value):
     if not isinstance(value, str):
         return "must be a string; " + TOKEN_HELP
@@ -271,7 +285,7 @@ CONFIG_FIELDS = {
     "auth_token": Field(Field.REQUIRED, _check_auth_token, "bearer token every request must carry (>= 32 chars)"),
     "allowed_clients": Field(Field.REQUIRED, _check_string_list,
                              "client IPs or CIDRs allowed to connect; `localhost` = 127.0.0.0/8 and ::1"),
-    "allowed_origins": Field([], _check_string_list,
+    "allowed_origins": Field([], _check_origins,
                              "browser Origins allowed (e.g. `http://localhost:6274`); others get 403"),
     "request_timeout_ms": Field(30000, _check_positive_int, "how long a call may wait for its child's answer"),
     "restart_backoff_ms": Field(2000, _check_non_negative_int,
@@ -285,6 +299,8 @@ CONFIG_FIELDS = {
     "session_idle_timeout_ms": Field(30 * 60 * 1000, _check_positive_int,
                                      "an MCP session unused this long expires"),
     "max_sessions": Field(1000, _check_positive_int, "most MCP sessions open at once, all servers together"),
+    "sse_keepalive_ms": Field(15000, _check_positive_int,
+                              "an idle event stream gets a comment this often, so proxies keep it open"),
     "servers": Field(Field.REQUIRED, None, "the MCP servers to run (table below)"),
 }
 
@@ -299,6 +315,9 @@ SERVER_FIELDS = {
     "restart_policy": Field("on-failure", _one_of(RESTART_POLICIES), "always | on-failure | never"),
     "startup_timeout_ms": Field(0, _check_non_negative_int,
                                 "time for it to answer the gateway's initialize; 0 = request_timeout_ms"),
+    "isolation": Field("shared", _one_of(ISOLATION_MODES),
+                       "`shared`: one child for all clients; `session`: a child of its own per MCP session"),
+    "max_children": Field(8, _check_positive_int, "with isolation `session`: most children running at once"),
 }
 
 
@@ -314,6 +333,8 @@ class ServerSpec:
         self.autostart = values["autostart"]
         self.restart_policy = values["restart_policy"]
         self.startup_timeout_ms = values["startup_timeout_ms"]
+        self.isolation = values["isolation"]
+        self.max_children = values["max_children"]
 
 
 class Config:
@@ -578,13 +599,34 @@ GATEWAY_CLIENT_CAPABILITIES = {"roots": {"listChanged": True}, "sampling": {}, "
 
 class PendingCall:
     """A request forwarded to a child and not yet answered."""
-    __slots__ = ("caller_id", "method", "session", "answers")
+    __slots__ = ("caller_id", "method", "session", "progress_token", "answers")
 
-    def __init__(self, caller_id, method, session):
+    def __init__(self, caller_id, method, session, progress_token):
         self.caller_id = caller_id  # the id the caller chose; its answer goes back with it, type preserved
         self.method = method
         self.session = session  # the MCP session that made it, or None
-        self.answers = queue.SimpleQueue()  # the child's response (id already restored), or a GatewayError
+        self.progress_token = progress_token  # the caller's own progressToken; the child sees the gateway id
+        # What the HTTP thread waits for: messages for the caller while the call runs (Interim), then the
+        # child's response with the caller's id restored, or a GatewayError.
+        self.answers = queue.SimpleQueue()
+
+
+class Interim:
+    """A message for the caller of a call in flight: progress, or a request the child makes during the call."""
+    __slots__ = ("message",)
+
+    def __init__(self, message):
+        self.message = message
+
+
+def with_progress_token(message, token):
+    """A copy of a request whose params._meta.progressToken is `token`; (copy, the token it had) or, when it
+    has none, (message, None)."""
+    params = message.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    if not isinstance(meta, dict) or "progressToken" not in meta:
+        return message, None
+    return dict(message, params=dict(params, _meta=dict(meta, progressToken=token))), meta["progressToken"]
 
 
 class ChildProcess:
@@ -770,11 +812,12 @@ class ChildProcess:
     # Calls -----------------------------------------------------------------------------------------------------
 
     def begin_call(self, message, session=None):
-        """Forwards a request under a fresh id. Returns (gateway id, PendingCall) for wait_call."""
-        call = PendingCall(message["id"], message["method"], session)
+        """Forwards a request under a fresh id, which also stands in for its progress token (client tokens can
+        collide between sessions). Returns (gateway id, PendingCall) for wait_call."""
         gateway_id = next(self._ids)
-        forwarded = dict(message)
-        forwarded["id"] = gateway_id
+        forwarded, progress_token = with_progress_token(message, gateway_id)
+        call = PendingCall(message["id"], message["method"], session, progress_token)
+        forwarded = dict(forwarded, id=gateway_id)
         with self._lock:
             if self._exit_error is not None:
                 raise self._exit_error
@@ -782,12 +825,20 @@ class ChildProcess:
         self.send(forwarded)
         return gateway_id, call
 
-    def wait_call(self, gateway_id, call, deadline):
-        """The child's answer with the caller's id, or GatewayError. A call that times out is cancelled at the
-        child, and its late answer is dropped."""
+    def send_request(self, method, params):
+        """A request of the gateway's own whose answer nobody awaits (re-subscribing after a restart)."""
+        self.begin_call({"jsonrpc": "2.0", "id": "gateway", "method": method, "params": params})
+
+    def wait_call(self, gateway_id, call, deadline, tick=None):
+        """The next answer for a call: an Interim message, the child's response with the caller's id, or None
+        when `tick` seconds pass first. Raises GatewayError; a call that times out is cancelled at the child,
+        and its late answer is dropped."""
+        timeout = deadline - now()
         try:
-            answer = call.answers.get(timeout=max(0.0, deadline - now()))
+            answer = call.answers.get(timeout=max(0.0, timeout if tick is None else min(tick, timeout)))
         except queue.Empty:
+            if now() < deadline:
+                return None
             self.cancel_call(gateway_id, "timed out in the gateway")
             raise GatewayError("server %s did not answer %s within the request timeout" % (
                 self.server_id, call.method), 504, "timeout", JSONRPC_REQUEST_TIMEOUT,
@@ -796,9 +847,30 @@ class ChildProcess:
             raise answer
         return answer
 
-    def call(self, message, deadline, session=None):
-        gateway_id, call = self.begin_call(message, session)
-        return self.wait_call(gateway_id, call, deadline)
+    def call(self, message, deadline):
+        """A request of the gateway's own: waits for the final answer, ignoring interim messages."""
+        gateway_id, call = self.begin_call(message)
+        while True:
+            answer = self.wait_call(gateway_id, call, deadline)
+            if not isinstance(answer, Interim):
+                return answer
+
+    def calls_in_flight(self):
+        """[(gateway id, PendingCall)], oldest first."""
+        with self._lock:
+            return list(self._pending.items())
+
+    def call_with_progress_token(self, token):
+        """The call in flight whose progress token (its gateway id) is `token`, or None."""
+        if not _is_int(token):
+            return None
+        with self._lock:
+            return self._pending.get(token)
+
+    def cancel_calls_of(self, session, reason):
+        for gateway_id, call in self.calls_in_flight():
+            if call.session is session:
+                self.cancel_call(gateway_id, reason, answer_caller=True)
 
     def find_call(self, caller_id, session):
         """The gateway id of `session`'s call whose caller id is `caller_id`; None when none or ambiguous."""
@@ -829,11 +901,12 @@ class ChildProcess:
         for call in calls:
             call.answers.put(self._exit_error)
 
-    def handshake(self, timeout_s):
-        """The gateway's own initialize; returns the child's initialize result."""
-        request = {"jsonrpc": "2.0", "id": "gateway-initialize", "method": "initialize",
-                   "params": {"protocolVersion": HANDSHAKE_PROTOCOL_VERSION,
-                              "capabilities": GATEWAY_CLIENT_CAPABILITIES, "clientInfo": GATEWAY_CLIENT_INFO}}
+    def handshake(self, timeout_s, params=None):
+        """Initializes the child, with the gateway's own params or a client's (a per-session child); returns the
+        child's initialize result."""
+        params = params or {"protocolVersion": HANDSHAKE_PROTOCOL_VERSION,
+                            "capabilities": GATEWAY_CLIENT_CAPABILITIES, "clientInfo": GATEWAY_CLIENT_INFO}
+        request = {"jsonrpc": "2.0", "id": "gateway-initialize", "method": "initialize", "params": params}
         try:
             answer = self.call(request, now() + timeout_s)
         except GatewayError as e:
@@ -911,15 +984,16 @@ class ServerRuntime:
     """One configured server: its current child, its state, and the supervisor thread that starts it, watches
     it and applies the restart policy. States: stopped, starting, ready, backoff, failed."""
 
-    def __init__(self, spec, config, logger, max_line_bytes, on_unsolicited, on_ready=None):
+    def __init__(self, spec, config, logger, on_unsolicited, on_ready=None, handshake_params=None):
         self.spec = spec
         self.server_id = spec.server_id
         self._config = config
         self._log = logger
-        self._max_line_bytes = max_line_bytes
-        self._on_unsolicited = on_unsolicited
-        self._on_ready = on_ready  # called on the supervisor thread each time a child becomes ready
+        self._on_unsolicited = on_unsolicited  # (runtime, child, message, kind) for messages the child starts
+        self._on_ready = on_ready  # (runtime, child, restarted) on the supervisor thread when a child is ready
+        self.handshake_params = handshake_params  # a client's own initialize params, for a per-session child
         self._cond = threading.Condition()  # guards every field below and wakes callers waiting for readiness
+        self.private = {}  # session id -> ServerRuntime of that session's own child (isolation "session")
         self.state = "stopped"
         self.child = None  # the ChildProcess while ready
         self.init_result = None  # the child's initialize result, kept for clients' own initialize
@@ -942,6 +1016,19 @@ class ServerRuntime:
             self._thread = threading.Thread(target=self._supervise, name="supervisor-" + self.server_id,
                                             daemon=True)
             self._thread.start()
+
+    def adopt(self, session_id, private):
+        """Takes on a session's own runtime (isolation "session"), within max_children, and starts it."""
+        with self._cond:
+            if len(self.private) >= self.spec.max_children:
+                raise GatewayError("server %s already runs %d per-session children (max_children)" % (
+                    self.server_id, self.spec.max_children), 503, "too_many_children", server_id=self.server_id)
+            self.private[session_id] = private
+        private.start()
+
+    def release(self, session_id):
+        with self._cond:
+            self.private.pop(session_id, None)
 
     def request_stop(self):
         self._stop.set()
@@ -1020,13 +1107,15 @@ class ServerRuntime:
     def _run_once(self):
         """Starts one child and watches it until it exits or the gateway stops it. Returns (child, seconds it
         was ready, or None if it never became ready)."""
-        child = ChildProcess(self.spec, self._log, self._max_line_bytes, self._on_unsolicited)
+        child = ChildProcess(self.spec, self._log, self._config.max_message_bytes,
+                             lambda child, message, kind: self._on_unsolicited(self, child, message, kind))
         self._set(state="starting", _next_start_at=None)
         startup_ms = self.spec.startup_timeout_ms or self._config.request_timeout_ms
+        restarted = self.init_result is not None
         try:
             child.start()
             self._log.info("child_started", server_id=self.server_id, pid=child.pid)
-            result = child.handshake(startup_ms / 1000.0)
+            result = child.handshake(startup_ms / 1000.0, self.handshake_params)
         except GatewayError as e:
             child.stop("its start failed")
             returncode = child.process.returncode if child.process else None
@@ -1040,7 +1129,7 @@ class ServerRuntime:
         self._log.info("child_ready", server_id=self.server_id, pid=child.pid,
                        server_info=result.get("serverInfo"), protocol_version=result.get("protocolVersion"))
         if self._on_ready is not None:
-            self._on_ready(self, child)
+            self._on_ready(self, child, restarted)
         while not child.stdout_closed.wait(POLL_S):
             if self._stop.is_set():
                 break
@@ -1056,7 +1145,7 @@ class ServerRuntime:
         """What /servers shows: never env values or the token."""
         with self._cond:
             info = self.init_result or {}
-            return {
+            described = {
                 "server_id": self.server_id, "state": self.state,
                 "pid": self.child.pid if self.child else None,
                 "restart_count": self.restart_count, "last_exit": self.last_exit, "last_error": self.last_error,
@@ -1067,9 +1156,150 @@ class ServerRuntime:
                 "server_info": info.get("serverInfo"), "protocol_version": info.get("protocolVersion"),
                 "capabilities": sorted((info.get("capabilities") or {}).keys()),
             }
+            private = dict(self.private)
+        if self.spec.isolation == "session" and self.handshake_params is None:  # the server, not one child
+            described["isolation"] = "session"
+            described["children"] = [dict(runtime.describe(), session=session_label(session_id))
+                                     for session_id, runtime in private.items()]
+        return described
 
 
-# § 8 Routing between clients and children ---------------------------------------------------------------------
+# § 8 Sessions and routing ---------------------------------------------------------------------------------------
+
+SESSION_BUFFER_EVENTS = 100  # messages kept per session for its event stream, replayed after Last-Event-ID
+SESSION_BUFFER_BYTES = 1 << 20  # ... and no more bytes than this, so a flood of logs cannot grow a session
+# The client capability a server-to-client request needs; other requests (ping) may go to any client.
+REQUEST_CAPABILITY = {"roots/list": "roots", "sampling/createMessage": "sampling", "elicitation/create": "elicitation"}
+# What sessions hear after a restart, for each list the child declared as changeable.
+LIST_CHANGED = {"tools": "notifications/tools/list_changed", "resources": "notifications/resources/list_changed",
+                "prompts": "notifications/prompts/list_changed"}
+
+
+class Session:
+    """One MCP session: what its client declared, the resources it watches, and the bounded buffer of messages
+    for its GET event stream (at most one open at a time). An idle session is a few fields and an empty deque."""
+
+    def __init__(self, session_id, runtime, parent, params):
+        self.id = session_id
+        self.label = session_label(session_id)
+        self.runtime = runtime  # where its calls go: the shared server, or its own child's (isolation "session")
+        self.parent = parent  # the configured server
+        self.server_id = parent.server_id
+        capabilities = params.get("capabilities")
+        self.capabilities = capabilities if isinstance(capabilities, dict) else {}
+        self.protocol_version = None  # negotiated at initialize
+        self.subscriptions = set()  # resource uris it subscribed to (Router._lock)
+        self.last_seen = now()
+        self.closed = False
+        self._cond = threading.Condition()  # guards the fields below
+        self._events = deque()  # (event id, encoded message), oldest first
+        self._event_bytes = 0
+        self._next_event_id = 1
+        self.delivered_id = 0  # the last event id a GET stream wrote
+        self.streaming = False  # a GET stream is open
+
+    def touch(self):
+        self.last_seen = now()
+
+    def push(self, message):
+        data = json_bytes(message)
+        with self._cond:
+            if self.closed:
+                return
+            self._events.append((self._next_event_id, data))
+            self._next_event_id += 1
+            self._event_bytes += len(data)
+            while len(self._events) > 1 and (len(self._events) > SESSION_BUFFER_EVENTS or
+                                             self._event_bytes > SESSION_BUFFER_BYTES):
+                self._event_bytes -= len(self._events.popleft()[1])
+            self._cond.notify_all()
+
+    def open_stream(self):
+        with self._cond:
+            if self.streaming or self.closed:
+                return False
+            self.streaming = True
+            return True
+
+    def close_stream(self):
+        with self._cond:
+            self.streaming = False
+        self.touch()  # idle time counts from the end of its stream
+
+    def next_events(self, after_id, timeout):
+        """Buffered events with ids above `after_id`, waiting up to `timeout` for one; [] on timeout or close."""
+        deadline = now() + timeout
+        with self._cond:
+            while not self.closed:
+                events = [event for event in self._events if event[0] > after_id]
+                if events:
+                    return events
+                remaining = deadline - now()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            return []
+
+    def mark_delivered(self, event_id):
+        with self._cond:
+            self.delivered_id = max(self.delivered_id, event_id)
+
+    def close(self):
+        with self._cond:
+            self.closed = True
+            self._events.clear()
+            self._cond.notify_all()
+
+
+class SessionStore:
+    """Open sessions by id, capped in number."""
+
+    def __init__(self, max_sessions):
+        self._max = max_sessions
+        self._lock = threading.Lock()
+        self._sessions = {}  # session id -> Session (self._lock)
+
+    def check_room(self):
+        with self._lock:
+            if len(self._sessions) >= self._max:
+                raise GatewayError("all %d sessions are in use (max_sessions); end unused ones with DELETE or "
+                                   "wait for them to expire" % self._max, 503, "too_many_sessions")
+
+    def add(self, session):
+        self.check_room()
+        with self._lock:
+            self._sessions[session.id] = session
+
+    def get(self, session_id, server_id):
+        with self._lock:
+            session = self._sessions.get(session_id)
+        if session is None or session.server_id != server_id:
+            raise GatewayError("unknown or expired session; initialize a new one", 404, "session_not_found",
+                               server_id=server_id)
+        return session
+
+    def remove(self, session):
+        with self._lock:
+            return self._sessions.pop(session.id, None) is not None
+
+    def all(self):
+        with self._lock:
+            return list(self._sessions.values())
+
+    def of_runtime(self, runtime):
+        return [session for session in self.all() if session.runtime is runtime]
+
+
+class RelayedRequest:
+    """A request a child made, passed on to a client under an id of the gateway's."""
+    __slots__ = ("child", "child_id", "session", "expires")
+
+    def __init__(self, child, child_id, session, expires):
+        self.child = child
+        self.child_id = child_id  # the id the child chose; the client's answer goes back with it
+        self.session = session
+        self.expires = expires
+
 
 class Ticket:
     """A request on its way through a child: what the HTTP thread waits on."""
@@ -1080,16 +1310,61 @@ class Ticket:
         self.gateway_id = gateway_id
         self.call = call
 
+    def next(self, deadline, tick=None):
+        """An Interim message, the final response, or None after `tick` seconds (see ChildProcess.wait_call)."""
+        return self.child.wait_call(self.gateway_id, self.call, deadline, tick)
+
     def wait(self, deadline):
-        return self.child.wait_call(self.gateway_id, self.call, deadline)
+        """The final response; messages that come first go to the session's event stream (or are dropped when
+        the caller has no session)."""
+        while True:
+            answer = self.next(deadline)
+            if not isinstance(answer, Interim):
+                return answer
+            if self.call.session is not None:
+                self.call.session.push(answer.message)
+
+
+def result_reply(message, result):
+    return {"jsonrpc": "2.0", "id": message["id"], "result": result}
 
 
 class Router:
     """Carries JSON-RPC payloads from clients to a server's child and back, and the messages a child starts to
-    the clients they concern. A payload is one message or a batch (an array, protocol revision 2025-03-26)."""
+    the sessions they concern. Owns the sessions and the thread that expires them.
 
-    def __init__(self, logger):
+    stdio carries no link between a request the child makes and the call that caused it, so the gateway asks
+    the session of the most recently started call in flight on that child whose client declared the needed
+    capability; with no such call, the most recently active session with an open event stream and that
+    capability; with none, the child gets an error at once."""
+
+    def __init__(self, config, logger):
+        self._config = config
         self._log = logger
+        self.sessions = SessionStore(config.max_sessions)
+        self._lock = threading.Lock()  # guards the two maps below
+        self._relayed = {}  # client-facing id -> RelayedRequest
+        self._subscribers = {}  # (runtime, uri) -> number of sessions subscribed
+        self._relay_ids = itertools.count(1)
+        self._stop = threading.Event()
+        self._reaper = threading.Thread(target=self._reap, name="session-reaper", daemon=True)
+
+    def start(self):
+        self._reaper.start()
+
+    def stop(self):
+        """Ends every session (their streams close) and the reaper thread."""
+        self._stop.set()
+        sessions = self.sessions.all()
+        for session in sessions:
+            if session.runtime is not session.parent:
+                session.runtime.request_stop()  # all private children stop at once, not one after another
+        for session in sessions:
+            self.close_session(session, "the gateway is stopping")
+        if self._reaper.is_alive():
+            self._reaper.join(timeout=POLL_S * 2)
+
+    # Requests from clients -------------------------------------------------------------------------------------
 
     def dispatch(self, runtime, payload, deadline, session=None):
         """Returns the reply for a payload: a response, a list of responses, or None when nothing answers (only
@@ -1132,9 +1407,15 @@ class Router:
         if method == "notifications/initialized":
             return None  # the gateway did the child's handshake itself; the child expects no second one
         if kind == RESPONSE:
-            self._log.info("client_response_dropped", server_id=runtime.server_id, id=message["id"],
-                           reason="no server-to-client request is waiting for it")
+            self._relay_response(message, session)
             return None
+        if method == "server/discover":
+            # Revision 2026-07-28's probe. The gateway's sessions, relaying and restarts rest on the handshake,
+            # so it steers every client to initialize: any error does that.
+            return rpc_error(message["id"], JSONRPC_METHOD_NOT_FOUND, "server/discover is not supported: "
+                             "use initialize (protocol revisions %s)" % ", ".join(SUPPORTED_PROTOCOL_VERSIONS))
+        if method in ("resources/subscribe", "resources/unsubscribe") and session is not None:
+            return self._subscription(message, deadline, session)
         if kind == REQUEST and method != "initialize":
             return self._forward_request(runtime, message, deadline, session)
         child = runtime.ready_child(deadline)
@@ -1165,7 +1446,7 @@ class Router:
         params = message.get("params") if isinstance(message.get("params"), dict) else {}
         result["protocolVersion"] = negotiate_protocol_version(params.get("protocolVersion"),
                                                                runtime.init_result.get("protocolVersion"))
-        return {"jsonrpc": "2.0", "id": message["id"], "result": result}
+        return result_reply(message, result)
 
     @staticmethod
     def _cancel_for_client(child, message, session):
@@ -1179,13 +1460,228 @@ class Router:
             reason = params.get("reason") if isinstance(params.get("reason"), str) else "cancelled by the client"
             child.cancel_call(gateway_id, reason, answer_caller=True)
 
-    def on_child_message(self, child, message, kind):
-        """A message from a child that answers no call. Until sessions route them, notifications are logged and
-        a server-to-client request is refused at once, so the child never waits for an answer."""
+    def _subscription(self, message, deadline, session):
+        """resources/subscribe and unsubscribe, counted per resource: the child is subscribed once, while any
+        session watches the resource, and updates reach only the sessions that subscribed."""
+        params = message.get("params")
+        uri = params.get("uri") if isinstance(params, dict) else None
+        if not isinstance(uri, str):
+            return self._forward_request(session.runtime, message, deadline, session)
+        key = (session.runtime, uri)
+        subscribe = message["method"] == "resources/subscribe"
+        with self._lock:
+            count = self._subscribers.get(key, 0)
+            watching = uri in session.subscriptions
+            if subscribe and (watching or count > 0) or not subscribe and (not watching or count > 1):
+                self._count_subscription(session, key, subscribe)
+                return result_reply(message, {})
+        reply = self._forward_request(session.runtime, message, deadline, session).wait(deadline)
+        if "result" in reply:
+            with self._lock:
+                self._count_subscription(session, key, subscribe)
+        return reply
+
+    def _count_subscription(self, session, key, subscribe):
+        """Records that `session` now does (or no longer does) watch key's uri. Caller holds self._lock."""
+        uri = key[1]
+        if subscribe and uri not in session.subscriptions:
+            session.subscriptions.add(uri)
+            self._subscribers[key] = self._subscribers.get(key, 0) + 1
+        elif not subscribe and uri in session.subscriptions:
+            session.subscriptions.discard(uri)
+            self._subscribers[key] -= 1
+            if not self._subscribers[key]:
+                del self._subscribers[key]
+
+    def _relay_response(self, message, session):
+        """A client's answer to a request a child made: back to that child under the child's own id."""
+        with self._lock:
+            relay = self._relayed.get(message["id"]) if isinstance(message["id"], str) else None
+            if relay is not None and relay.session is session:
+                del self._relayed[message["id"]]
+            else:
+                relay = None
+        if relay is None:
+            self._log.info("client_response_dropped", id=message["id"],
+                           reason="no request of a server is waiting for it in this session")
+            return
+        relay.child.send(dict(message, id=relay.child_id))
+
+    # Sessions --------------------------------------------------------------------------------------------------
+
+    def open_session(self, runtime, message, deadline):
+        """A client's initialize: a new session, answered from the shared child's kept result, or, with isolation
+        "session", by a child of the session's own that the client's handshake initializes."""
+        self.sessions.check_room()
+        params = message.get("params") if isinstance(message.get("params"), dict) else {}
+        session_id = secrets.token_urlsafe(24)
+        target = runtime
+        if runtime.spec.isolation == "session":
+            target = ServerRuntime(runtime.spec, self._config, self._log, self.on_child_message,
+                                   self.on_child_ready, handshake_params=params)
+            runtime.adopt(session_id, target)
+        session = Session(session_id, target, runtime, params)
+        self.sessions.add(session)
+        try:
+            target.ready_child(deadline)
+        except GatewayError:
+            self.close_session(session, "its server did not start")
+            raise
+        if target is runtime:
+            reply = self.initialize_reply(runtime, message)
+        else:
+            reply = result_reply(message, target.init_result)
+        session.protocol_version = reply["result"].get("protocolVersion")
+        self._log.info("session_opened", server_id=runtime.server_id, session=session.label,
+                       protocol_version=session.protocol_version, client_info=params.get("clientInfo"))
+        return session, reply
+
+    def open_stream_session(self, runtime, protocol_version):
+        """A session opened by a GET without one (the original daemon's contract): no client capabilities."""
+        self.sessions.check_room()
+        session = Session(secrets.token_urlsafe(24), runtime, runtime, {})
+        session.protocol_version = protocol_version or PROTOCOL_VERSION_WHEN_ABSENT
+        self.sessions.add(session)
+        self._log.info("session_opened", server_id=runtime.server_id, session=session.label,
+                       protocol_version=session.protocol_version, by="GET")
+        return session
+
+    def close_session(self, session, reason):
+        """Ends a session: its calls in flight are cancelled at the child, its streams close, its subscriptions
+        and requests waiting on its client are released, and its own child (if any) stops."""
+        if not self.sessions.remove(session):
+            return
+        session.close()
+        child = session.runtime.child
+        if child is not None:
+            child.cancel_calls_of(session, "session " + reason)
+        with self._lock:
+            relays = [(relay_id, relay) for relay_id, relay in self._relayed.items() if relay.session is session]
+            for relay_id, _ in relays:
+                del self._relayed[relay_id]
+            released = list(session.subscriptions)
+            for uri in released:
+                self._count_subscription(session, (session.runtime, uri), subscribe=False)
+            unwatched = [uri for uri in released if (session.runtime, uri) not in self._subscribers]
+        for _, relay in relays:
+            relay.child.send(rpc_error(relay.child_id, JSONRPC_SERVER_ERROR, "the client's session ended"))
+        if child is not None:
+            for uri in unwatched:
+                child.send_request("resources/unsubscribe", {"uri": uri})
+        if session.runtime is not session.parent:
+            session.parent.release(session.id)
+            session.runtime.request_stop()
+            session.runtime.join(timeout=CHILD_STOP_GRACE_S * 2 + 1)
+        self._log.info("session_closed", server_id=session.server_id, session=session.label, reason=reason)
+
+    def _reap(self):
+        """Expires idle sessions and requests that no client answered in time."""
+        idle_s = self._config.session_idle_timeout_ms / 1000.0
+        interval = min(30.0, max(0.05, idle_s / 4))
+        try:
+            while not self._stop.wait(interval):
+                for session in self.sessions.all():
+                    if not session.streaming and now() - session.last_seen > idle_s:
+                        self.close_session(session, "expired")
+                self._expire_relays()
+        except Exception as e:
+            self._log.error("thread_failed", thread=threading.current_thread().name, error=repr(e))
+
+    def _expire_relays(self):
+        with self._lock:
+            expired = [(relay_id, relay) for relay_id, relay in self._relayed.items() if relay.expires < now()]
+            for relay_id, _ in expired:
+                del self._relayed[relay_id]
+        for _, relay in expired:
+            relay.child.send(rpc_error(relay.child_id, JSONRPC_REQUEST_TIMEOUT,
+                                       "the client did not answer within the request timeout"))
+
+    # Messages children start -----------------------------------------------------------------------------------
+
+    def on_child_message(self, runtime, child, message, kind):
+        """Routes a message from a child that answers none of the gateway's calls (on the child's stdout thread:
+        it must not block)."""
         if kind == REQUEST:
-            child.send(rpc_error(message["id"], JSONRPC_METHOD_NOT_FOUND,
-                                 "no client can answer %s through the gateway" % message["method"]))
-        self._log.info("child_message", server_id=child.server_id, kind=kind, method=message.get("method"))
+            self._relay_request(runtime, child, message)
+            return
+        if kind != NOTIFICATION:
+            self._log.warning("child_message_dropped", server_id=runtime.server_id, reason="not JSON-RPC")
+            return
+        method = message["method"]
+        params = message.get("params") if isinstance(message.get("params"), dict) else {}
+        if method == "notifications/progress":  # to the call whose token (the gateway id) it names
+            call = child.call_with_progress_token(params.get("progressToken"))
+            if call is not None:
+                call.answers.put(Interim(dict(message, params=dict(params, progressToken=call.progress_token))))
+            return
+        if method == "notifications/cancelled":  # the child gave up a request it made to a client
+            relay_id, relay = self._take_relay_of(child, params.get("requestId"))
+            if relay is not None:
+                relay.session.push(dict(message, params=dict(params, requestId=relay_id)))
+            return
+        sessions = self.sessions.of_runtime(runtime)
+        if method == "notifications/resources/updated":
+            sessions = [session for session in sessions if params.get("uri") in session.subscriptions]
+        for session in sessions:
+            session.push(message)
+        self._log.log("debug", "child_notification", server_id=runtime.server_id, method=method,
+                      sessions=len(sessions))
+
+    def _take_relay_of(self, child, child_id):
+        """(client-facing id, RelayedRequest) of a child's request, forgotten; (None, None) if unknown."""
+        with self._lock:
+            for relay_id, relay in self._relayed.items():
+                if relay.child is child and relay.child_id == child_id:
+                    return relay_id, self._relayed.pop(relay_id)
+        return None, None
+
+    def _relay_request(self, runtime, child, message):
+        method = message["method"]
+        needed = REQUEST_CAPABILITY.get(method)
+
+        def can_answer(session):
+            return session is not None and not session.closed and (needed is None or needed in session.capabilities)
+        call = next((call for _, call in reversed(child.calls_in_flight()) if can_answer(call.session)), None)
+        session = call.session if call is not None else None
+        if session is None:
+            streaming = [s for s in self.sessions.of_runtime(runtime) if s.streaming and can_answer(s)]
+            session = max(streaming, key=lambda s: s.last_seen, default=None)
+        if session is None:
+            if method == "ping":  # the gateway is the child's client, and it is alive
+                child.send(result_reply(message, {}))
+            else:
+                child.send(rpc_error(message["id"], JSONRPC_METHOD_NOT_FOUND,
+                                     "no connected client can answer %s" % method))
+                self._log.info("child_request_refused", server_id=runtime.server_id, method=method,
+                               reason="no session can answer it")
+            return
+        relay_id = "hmg-%d" % next(self._relay_ids)
+        with self._lock:
+            self._relayed[relay_id] = RelayedRequest(child, message["id"], session,
+                                                     now() + self._config.request_timeout_ms / 1000.0)
+        forwarded = dict(message, id=relay_id)
+        if call is not None:
+            call.answers.put(Interim(forwarded))  # rides on the call's own stream
+        else:
+            session.push(forwarded)
+
+    def on_child_ready(self, runtime, child, restarted):
+        """After a restart, sessions carry on: subscriptions are renewed and clients are told to refresh the
+        lists the child declared as changeable."""
+        if not restarted:
+            return
+        with self._lock:
+            uris = [uri for (owner, uri) in self._subscribers if owner is runtime]
+        for uri in uris:
+            child.send_request("resources/subscribe", {"uri": uri})
+        capabilities = runtime.init_result.get("capabilities") or {}
+        notices = [{"jsonrpc": "2.0", "method": method} for name, method in LIST_CHANGED.items()
+                   if isinstance(capabilities.get(name), dict) and capabilities[name].get("listChanged")]
+        for session in self.sessions.of_runtime(runtime):
+            for notice in notices:
+                session.push(notice)
+        self._log.info("sessions_resumed", server_id=runtime.server_id, resubscribed=len(uris),
+                       sessions=len(self.sessions.of_runtime(runtime)))
 
 
 # § 10 HTTP layer -----------------------------------------------------------------------------------------------
@@ -1251,7 +1747,9 @@ def parse_head(head):
 
 
 STATIC_ROUTES = {"/health": ("GET",), "/servers": ("GET",), "/rpc": ("POST",)}
-MCP_METHODS = ("POST",)
+MCP_METHODS = ("GET", "POST", "DELETE")
+CORS_ALLOW_HEADERS = "Authorization, Content-Type, Accept, Mcp-Session-Id, MCP-Protocol-Version, Last-Event-ID"
+CORS_EXPOSE_HEADERS = "Mcp-Session-Id, WWW-Authenticate"
 
 
 def match_route(path, server_ids):
@@ -1264,6 +1762,33 @@ def match_route(path, server_ids):
             return "mcp", parts[1], MCP_METHODS
         raise GatewayError("no server with server_id %r" % parts[1], 404, "unknown_server", server_id=parts[1])
     raise GatewayError("no such path: %s" % path, 404, "not_found")
+
+
+def origin_allowed(origin, host, allowed_origins):
+    """An Origin is allowed when it is listed, or when it is the gateway's own loopback origin (a page the
+    gateway itself would have served). A DNS-rebinding page carries its own host name, so it never is."""
+    origin = origin.rstrip("/").lower()
+    if origin in {entry.rstrip("/").lower() for entry in allowed_origins}:
+        return True
+    match = ORIGIN_RE.match(origin)
+    if not match or not host or origin.split("://", 1)[1] != host.strip().lower():
+        return False
+    name = match.group(2).strip("[]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def accepts(request, media_type):
+    """Whether the request's Accept header admits `media_type` (no header admits anything)."""
+    accept = request.headers.get("accept")
+    if accept is None:
+        return True
+    ranges = {part.split(";", 1)[0].strip().lower() for part in accept.split(",")}
+    return bool(ranges & {media_type, media_type.split("/")[0] + "/*", "*/*"})
 
 
 def parse_json_body(body):
@@ -1297,6 +1822,9 @@ class Connection(socketserver.BaseRequestHandler):
         self.allowed = self.front.allowlist.allows(self.client)  # fixed for the connection's life
         self.busy = False  # inside a request (shutdown gives these a grace)
         self.close = False  # the connection ends after the current response
+        self.response_headers = []  # added to every response to the current request (CORS)
+        self.streamed = False  # the current response is an event stream that has begun
+        self._chunked = True  # an event stream is sent in chunks (HTTP/1.1) or ended by closing (HTTP/1.0)
         self._buffer = bytearray()
         self.front.track(self, True)
 
@@ -1372,10 +1900,45 @@ class Connection(socketserver.BaseRequestHandler):
                  "Date: " + _HttpDate.get(), "Content-Length: %d" % len(body)]
         if body:
             lines.append("Content-Type: " + content_type)
-        lines.extend("%s: %s" % header for header in headers)
+        lines.extend("%s: %s" % header for header in list(headers) + self.response_headers)
         if self.close:
             lines.append("Connection: close")
         self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+
+    def start_stream(self, request, headers=()):
+        """Starts a text/event-stream response; events follow with send_event, and end_stream ends it."""
+        self.streamed = True
+        self._chunked = request.version == (1, 1)
+        if not self._chunked:
+            self.close = True
+        lines = ["HTTP/1.1 200 OK", "Server: " + SERVER_HEADER, "Date: " + _HttpDate.get(),
+                 "Content-Type: text/event-stream", "Cache-Control: no-cache", "X-Accel-Buffering: no",
+                 "Transfer-Encoding: chunked" if self._chunked else "Connection: close"]
+        lines.extend("%s: %s" % header for header in list(headers) + self.response_headers)
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+
+    def send_event(self, data, event_id=None):
+        """One SSE event carrying a JSON message (JSON text has no raw line breaks, so one data line)."""
+        self._send_chunk((b"id: %d\n" % event_id if event_id is not None else b"") + b"event: message\ndata: " +
+                         data + b"\n\n")
+
+    def send_comment(self, text):
+        self._send_chunk(b": " + text.encode("utf-8") + b"\n\n")
+
+    def end_stream(self):
+        if self._chunked:
+            self.sock.sendall(b"0\r\n\r\n")
+
+    def _send_chunk(self, data):
+        self.sock.sendall(b"%x\r\n%s\r\n" % (len(data), data) if self._chunked else data)
+
+    def peer_closed(self):
+        """Whether the client has closed its side (looked at without reading or blocking)."""
+        try:
+            readable, _, _ = select.select([self.sock], [], [], 0)
+            return bool(readable) and self.sock.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
 
     def send_json(self, status, value, headers=(), keep_alive=True):
         self.send(status, json_bytes(value), "application/json", headers, keep_alive)
@@ -1403,7 +1966,8 @@ class HttpFront:
         self._lock = threading.Condition()  # notified when a request ends
         self._connections = set()  # open Connections (self._lock)
         self._endpoints = {("health", "GET"): self.get_health, ("servers", "GET"): self.get_servers,
-                           ("rpc", "POST"): self.post_rpc, ("mcp", "POST"): self.post_mcp}
+                           ("rpc", "POST"): self.post_rpc, ("mcp", "POST"): self.post_mcp,
+                           ("mcp", "GET"): self.get_mcp, ("mcp", "DELETE"): self.delete_mcp}
 
     def track(self, connection, is_open):
         with self._lock:
@@ -1433,8 +1997,18 @@ class HttpFront:
                 raise GatewayError("client address %s is not in allowed_clients" % conn.client, 403,
                                    "forbidden_client", close=True)
             request = parse_head(head)
+            conn.response_headers, conn.streamed = [], False
             if not request.keep_alive:
                 conn.close = True
+            origin = request.headers.get("origin")
+            if origin is not None:
+                if not origin_allowed(origin, request.headers.get("host"), self.config.allowed_origins):
+                    raise GatewayError("Origin %s is not in allowed_origins" % origin, 403, "forbidden_origin")
+                conn.response_headers = [("Access-Control-Allow-Origin", origin), ("Vary", "Origin"),
+                                         ("Access-Control-Expose-Headers", CORS_EXPOSE_HEADERS)]
+                if request.method == "OPTIONS" and "access-control-request-method" in request.headers:
+                    status = self._preflight(conn, request)
+                    return
             if not token_matches(request.headers.get("authorization"), self.config.auth_token):
                 raise GatewayError("missing or wrong bearer token", 401, "unauthorized",
                                    headers=[("WWW-Authenticate", 'Bearer realm="host-mcp-gateway"')])
@@ -1456,7 +2030,10 @@ class HttpFront:
                 e.server_id = server_id
             if request is not None and request.content_length:
                 e.close = True  # its body was never read, so the next request cannot be found
-            conn.send_error(e)
+            if conn.streamed:
+                conn.close = True  # an event stream cannot carry an error response: ending it says enough
+            else:
+                conn.send_error(e)
         except OSError:
             conn.close = True
             raise
@@ -1470,6 +2047,14 @@ class HttpFront:
                           path=request.path if request else None, status=status,
                           duration_ms=round((now() - started) * 1000, 3), client=conn.client,
                           server_id=server_id)
+
+    def _preflight(self, conn, request):
+        """A browser's CORS preflight, the one request answered without a token: it never carries one."""
+        _, _, methods = match_route(request.path, self.runtimes)
+        conn.send(204, headers=[("Access-Control-Allow-Methods", ", ".join(methods + ("OPTIONS",))),
+                                ("Access-Control-Allow-Headers", CORS_ALLOW_HEADERS),
+                                ("Access-Control-Max-Age", "600")])
+        return 204
 
     def deadline(self):
         return now() + self.config.request_timeout_ms / 1000.0
@@ -1513,14 +2098,28 @@ class HttpFront:
         return 200
 
     def post_mcp(self, conn, request, body, server_id):
-        """POST /{server_id}/rpc: raw JSON-RPC in and out. A failed single request is answered with a JSON-RPC
-        error for its id (and the HTTP status of the failure); the gateway's fields are in error.data."""
+        """POST /{server_id}/rpc: JSON-RPC in; a response, an event stream ending in one, or 202 out. initialize
+        opens a session; a request without Mcp-Session-Id is served without one (curl). A failed single request
+        is answered with a JSON-RPC error for its id (and the HTTP status of the failure)."""
         payload = parse_json_body(body)
+        runtime = self.runtimes[server_id]
         try:
-            reply = self.router.dispatch(self.runtimes[server_id], payload, self.deadline())
+            if isinstance(payload, dict) and payload.get("method") in ("initialize", "server/discover"):
+                if payload["method"] == "initialize" and classify(payload)[0] == REQUEST:
+                    session, reply = self.router.open_session(runtime, payload, self.deadline())
+                    conn.send_json(200, reply, headers=[("Mcp-Session-Id", session.id)])
+                    return 200
+            else:
+                self._check_protocol_version(request)
+            session = self._session(request, runtime, server_id)
+            target = session.runtime if session else runtime
+            if isinstance(payload, list):
+                reply = self.router.dispatch(target, payload, self.deadline(), session)
+            else:
+                return self._answer(conn, request, target, payload, session)
         except GatewayError as e:
             request_id = message_id(payload)
-            if request_id is None:
+            if request_id is None or e.error_code in ("session_not_found", "unsupported_protocol_version"):
                 raise
             e.server_id = server_id
             conn.send_json(e.http_status, rpc_error_from(e, request_id))
@@ -1530,6 +2129,106 @@ class HttpFront:
             return 202
         conn.send_json(200, reply)
         return 200
+
+    def _session(self, request, runtime, server_id):
+        """The request's session, or None for a sessionless call; 404 for an unknown or ended one."""
+        session_id = request.headers.get("mcp-session-id")
+        if session_id is None:
+            if runtime.spec.isolation == "session":
+                raise GatewayError("server %s gives each session a child of its own: initialize first" %
+                                   server_id, 400, "session_required", JSONRPC_INVALID_REQUEST)
+            return None
+        session = self.router.sessions.get(session_id, server_id)
+        session.touch()
+        return session
+
+    @staticmethod
+    def _check_protocol_version(request):
+        version = request.headers.get("mcp-protocol-version")
+        if version is not None and version not in SUPPORTED_PROTOCOL_VERSIONS:
+            raise GatewayError("MCP-Protocol-Version %s is not supported; supported: %s" % (
+                version, ", ".join(SUPPORTED_PROTOCOL_VERSIONS)), 400, "unsupported_protocol_version",
+                JSONRPC_INVALID_REQUEST)
+
+    def _answer(self, conn, request, runtime, message, session):
+        """One message. A request's answer is plain JSON unless the child sends messages for the caller first
+        (progress, its own requests) and the client accepts an event stream: then those messages and the answer
+        go out as one. A plain call never pays for streaming."""
+        deadline = self.deadline()
+        outcome = self.router.begin(runtime, message, deadline, session)
+        if outcome is None:
+            conn.send(202)
+            return 202
+        if not isinstance(outcome, Ticket):
+            conn.send_json(200, outcome)
+            return 200
+        wants_stream = "text/event-stream" in request.headers.get("accept", "")
+        keepalive = self.config.sse_keepalive_ms / 1000.0
+        while True:
+            try:
+                answer = outcome.next(deadline, keepalive if conn.streamed else None)
+            except GatewayError as e:
+                if not conn.streamed:
+                    raise
+                answer = rpc_error_from(e, outcome.call.caller_id)
+            if answer is None:
+                conn.send_comment("keepalive")
+            elif not isinstance(answer, Interim):
+                break
+            elif wants_stream:
+                if not conn.streamed:
+                    conn.start_stream(request)
+                conn.send_event(json_bytes(answer.message))
+            elif session is not None:
+                session.push(answer.message)
+        if not conn.streamed:
+            conn.send_json(200, answer)
+            return 200
+        conn.send_event(json_bytes(answer))
+        conn.end_stream()
+        return 200
+
+    def get_mcp(self, conn, request, body, server_id):
+        """GET /{server_id}/rpc: the session's event stream (one at a time), replaying after Last-Event-ID.
+        Without Mcp-Session-Id it opens a session, as the original daemon did, and names it in the answer."""
+        if not accepts(request, "text/event-stream"):
+            raise GatewayError("GET opens an event stream: send Accept: text/event-stream", 406, "not_acceptable")
+        self._check_protocol_version(request)
+        runtime = self.runtimes[server_id]
+        session = self._session(request, runtime, server_id)
+        if session is None:
+            session = self.router.open_stream_session(runtime, request.headers.get("mcp-protocol-version"))
+        last_event_id = request.headers.get("last-event-id", "")
+        cursor = int(last_event_id) if last_event_id.isdigit() else session.delivered_id
+        if not session.open_stream():
+            raise GatewayError("this session already has an open event stream", 409, "stream_conflict")
+        try:
+            conn.start_stream(request, headers=[("Mcp-Session-Id", session.id)])
+            keepalive = self.config.sse_keepalive_ms / 1000.0
+            while not self.stopping.is_set():
+                events = session.next_events(cursor, keepalive)
+                if session.closed:
+                    break
+                for event_id, data in events:
+                    conn.send_event(data, event_id)
+                    cursor = event_id
+                    session.mark_delivered(event_id)
+                if not events:
+                    if conn.peer_closed():
+                        break
+                    conn.send_comment("keepalive")
+            conn.end_stream()
+        finally:
+            session.close_stream()
+        return 200
+
+    def delete_mcp(self, conn, request, body, server_id):
+        if request.headers.get("mcp-session-id") is None:
+            raise GatewayError("DELETE ends a session: send its Mcp-Session-Id", 400, "session_required")
+        session = self._session(request, self.runtimes[server_id], server_id)
+        self.router.close_session(session, "ended by its client")
+        conn.send(204)
+        return 204
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -1581,9 +2280,9 @@ class Gateway:
     def __init__(self, config, logger):
         self.config = config
         self.log = logger
-        self.router = Router(logger)
-        self.runtimes = {spec.server_id: ServerRuntime(spec, config, logger, config.max_message_bytes,
-                                                       self.router.on_child_message)
+        self.router = Router(config, logger)
+        self.runtimes = {spec.server_id: ServerRuntime(spec, config, logger, self.router.on_child_message,
+                                                       self.router.on_child_ready)
                          for spec in config.servers}
         self.front = HttpFront(config, logger, self.runtimes, self.router)
         self._httpd = None
@@ -1606,6 +2305,7 @@ class Gateway:
         self._accept_thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": POLL_S},
                                                name="http-accept", daemon=True)
         self._accept_thread.start()
+        self.router.start()
         self.log.info("listening", host=host, port=self.port, version=VERSION, servers=list(self.runtimes))
         for runtime in self.runtimes.values():
             if runtime.spec.autostart:
@@ -1619,6 +2319,7 @@ class Gateway:
             self._httpd.shutdown()
             self._httpd.server_close()
             self._accept_thread.join(timeout=POLL_S * 2)
+        self.router.stop()  # sessions end, and with them their event streams
         self._close_connections(idle_only=True)
         self.front.wait_idle(SHUTDOWN_GRACE_S)
         for runtime in self.runtimes.values():

@@ -916,11 +916,13 @@ class BridgeTest(unittest.TestCase):
         self.assertEqual(result["content"][0]["text"], "a" * size)
 
     def test_child_notifications_and_requests_are_never_taken_for_responses(self):
-        self.gateway.tool("notify", method="notifications/tools/list_changed", params={})
-        self.gateway.wait_log(lambda r: r.get("event") == "child_message" and
-                              r.get("method") == "notifications/tools/list_changed")
+        self.assertEqual(self.gateway.tool("notify", method="notifications/tools/list_changed", params={},
+                                           request_id=5)["content"][0]["text"], "notified")
+        started = time.monotonic()
         asked = self.gateway.tool("ask", method="roots/list", timeout=5)["structuredContent"]["response"]
+        self.assertLess(time.monotonic() - started, 2)  # refused at once: no session can answer it
         self.assertEqual(asked["error"]["code"], -32601)
+        self.assertIn("no connected client can answer roots/list", asked["error"]["message"])
 
 
 class TimeoutTest(unittest.TestCase):
@@ -1036,7 +1038,8 @@ class ComponentTest(unittest.TestCase):
         config = gw.validate_config(base_config([fake_server()]))
         logs = []
         logger = gw.Logger(stream=type("Sink", (), {"write": logs.append, "flush": lambda self: None})())
-        runtime = gw.ServerRuntime(config.servers[0], config, logger, 1 << 20, gw.Router(logger).on_child_message)
+        router = gw.Router(config, logger)
+        runtime = gw.ServerRuntime(config.servers[0], config, logger, router.on_child_message, router.on_child_ready)
         runtime.start()
         child = runtime.ready_child(time.monotonic() + TIMEOUT)
         reply = child.call(tool_call("add", "x", a=1, b=2), time.monotonic() + TIMEOUT)

@@ -111,7 +111,7 @@ def descendants(pid):
 
 def tree_cpu(pids):
     values = [cpu_seconds(pid) for pid in pids]
-    return sum(v for v in values if v is not None) if values and None not in values else None
+    return None if None in values else sum(values)
 
 
 def machine_busy_seconds():
