@@ -138,27 +138,59 @@ class Logger:
     whatever a caller passes, so a token cannot reach the log by accident."""
 
     LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+    FLUSH_S = 0.05  # in the background mode, lines reach the stream at most this late
 
     def __init__(self, stream=None, level="info"):
         self._stream = stream if stream is not None else sys.stderr
         self._threshold = self.LEVELS[level]
-        self._lock = threading.Lock()  # guards self._stream
+        self._lock = threading.Lock()  # guards the two fields below
+        self._write_lock = threading.Lock()  # one writer at a time on the stream, so lines stay whole and in order
+        self._pending = []  # lines the background writer has yet to write
+        self._writer = None  # the background writer thread, once started
+        self._closed = threading.Event()
+        self._second, self._second_text = 0, ""  # the timestamp's whole seconds, formatted once a second
+
+    def start_background(self):
+        """From now on a thread writes lines in batches, so a request never waits on stderr."""
+        self._writer = threading.Thread(target=self._write_loop, name="log-writer", daemon=True)
+        self._writer.start()
+
+    def close(self):
+        """Stops the background writer after writing what it holds."""
+        self._closed.set()
+        if self._writer is not None:
+            self._writer.join(timeout=POLL_S * 2)
+        self.flush()
 
     def log(self, level, event, **fields):
         if self.LEVELS[level] < self._threshold:
             return
         t = time.time()
-        record = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".%03dZ" % (t % 1 * 1000),
-                  "level": level, "event": event}
+        if int(t) != self._second:
+            self._second, self._second_text = int(t), time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t))
+        record = {"ts": self._second_text + ".%03dZ" % (t % 1 * 1000), "level": level, "event": event}
         for key, value in fields.items():
             record[key] = "[redacted]" if key.lower() in _SECRET_KEYS else value
         line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
         with self._lock:
-            try:
-                self._stream.write(line)
-                self._stream.flush()
-            except (OSError, ValueError):
-                pass  # a closed stderr must not take the gateway down
+            self._pending.append(line)
+        if self._writer is None or self._closed.is_set():
+            self.flush()
+
+    def flush(self):
+        with self._write_lock:
+            with self._lock:
+                lines, self._pending = self._pending, []
+            if lines:
+                try:
+                    self._stream.write("".join(lines))
+                    self._stream.flush()
+                except (OSError, ValueError):
+                    pass  # a closed stderr must not take the gateway down
+
+    def _write_loop(self):
+        while not self._closed.wait(self.FLUSH_S):
+            self.flush()
 
     def info(self, event, **fields):
         self.log("info", event, **fields)
@@ -641,13 +673,17 @@ class ChildProcess:
         self._max_line_bytes = max_line_bytes
         self._on_unsolicited = on_unsolicited  # (child, message, kind) for child messages that answer no call
         self.process = None
-        self._outbox = queue.SimpleQueue()  # encoded lines for the writer thread; None = flush, close stdin, end
+        self._write_lock = threading.Lock()  # guards the three fields below and writes to the child's stdin
+        self._backlog = bytearray()  # what the child's stdin pipe could not take yet, for the writer thread
+        self._stdin_open = False
+        self._stdin_fd = None
+        self._backlog_ready = threading.Event()  # set while the backlog holds bytes
         self._lock = threading.Lock()
         self._pending = {}  # gateway id -> PendingCall (self._lock)
         self._exit_error = None  # once set, the GatewayError every call gets (self._lock)
         self._ids = itertools.count(1)  # gateway-owned request ids for this run
         self._stderr_tail = deque(maxlen=STDERR_TAIL_LINES)
-        self._closing = threading.Event()  # stop() was called: the writer abandons a blocked write
+        self._closing = threading.Event()  # stop() was called: the writer thread ends and closes stdin
         self.stdout_closed = threading.Event()  # set once calls in flight were failed after stdout ended
         self._threads = []
 
@@ -670,7 +706,9 @@ class ChildProcess:
                 stderr=subprocess.PIPE, cwd=working_dir, env=env, start_new_session=True)
         except OSError as e:
             raise unavailable(self.server_id, self._spawn_problem(e)) from None
-        os.set_blocking(self.process.stdin.fileno(), False)
+        self._stdin_fd = self.process.stdin.fileno()
+        os.set_blocking(self._stdin_fd, False)
+        self._stdin_open = True
         for name, target in (("stdin", self._write_loop), ("stdout", self._read_stdout),
                              ("stderr", self._drain_stderr)):
             thread = threading.Thread(target=target, name="%s-%s-%d" % (self.server_id, name, self.pid),
@@ -690,42 +728,52 @@ class ChildProcess:
     # Writing ---------------------------------------------------------------------------------------------------
 
     def send(self, message):
-        self._outbox.put(json_bytes(message) + b"\n")
+        """Writes a message at once when the pipe has room and nothing queued is ahead of it, so the common case
+        costs no thread hand-off; what the pipe cannot take waits in a backlog for the writer thread. False when
+        the child has stopped reading and its backlog is full: the message is dropped."""
+        data = json_bytes(message) + b"\n"
+        with self._write_lock:  # held across os.write on a non-blocking fd only: that never waits
+            if not self._stdin_open:
+                return True  # the child is gone; its stdout's end tells the callers why
+            if not self._backlog:
+                data = data[self._write_some(data):]
+            if not data:
+                return True
+            if len(self._backlog) > self._max_line_bytes:
+                return False
+            self._backlog += data
+            self._backlog_ready.set()
+        return True
+
+    def _write_some(self, data):
+        """Bytes of `data` the pipe took now. Caller holds self._write_lock."""
+        try:
+            return os.write(self._stdin_fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError:  # the child closed its stdin or exited: nothing more will reach it
+            return len(data)
 
     def _write_loop(self):
-        fd = self.process.stdin.fileno()
+        """Sends the backlog as the child makes room for it, until stop()."""
         try:
-            done = False
-            while not done and not self._closing.is_set():
-                try:
-                    first = self._outbox.get(timeout=POLL_S)
-                except queue.Empty:
+            while not self._closing.is_set():
+                if not self._backlog_ready.wait(POLL_S):
                     continue
-                chunks = [first]
-                while chunks[-1] is not None:  # everything queued meanwhile goes out in one write
-                    try:
-                        chunks.append(self._outbox.get_nowait())
-                    except queue.Empty:
-                        break
-                done = chunks[-1] is None
-                self._write_all(fd, b"".join(chunk for chunk in chunks if chunk is not None))
-        except OSError as e:  # the child closed its stdin or exited; stdout's end reports why
-            self._log.log("debug", "child_stdin_closed", server_id=self.server_id, pid=self.pid, reason=str(e))
+                select.select([], [self._stdin_fd], [], POLL_S)  # room in the pipe, or a look at _closing
+                with self._write_lock:
+                    del self._backlog[:self._write_some(self._backlog)]
+                    if not self._backlog:
+                        self._backlog_ready.clear()
         except Exception as e:
             self._log.error("thread_failed", thread=threading.current_thread().name, error=repr(e))
         finally:
-            try:
-                self.process.stdin.close()
-            except OSError:
-                pass
-
-    def _write_all(self, fd, data):
-        view = memoryview(data)
-        while view and not self._closing.is_set():
-            try:
-                view = view[os.write(fd, view):]
-            except BlockingIOError:  # the pipe is full: wait for the child to read, or for stop()
-                select.select([], [fd], [], POLL_S)
+            with self._write_lock:  # no send() is inside os.write when the fd closes (it could be reused)
+                self._stdin_open = False
+                try:
+                    self.process.stdin.close()
+                except OSError:
+                    pass
 
     # Reading ---------------------------------------------------------------------------------------------------
 
@@ -822,7 +870,11 @@ class ChildProcess:
             if self._exit_error is not None:
                 raise self._exit_error
             self._pending[gateway_id] = call
-        self.send(forwarded)
+        if not self.send(forwarded):
+            with self._lock:
+                self._pending.pop(gateway_id, None)
+            raise unavailable(self.server_id, "server %s is not reading its input (%d bytes wait for it)" % (
+                self.server_id, self._max_line_bytes))
         return gateway_id, call
 
     def send_request(self, method, params):
@@ -928,7 +980,6 @@ class ChildProcess:
         if self.process is None:
             return
         self.fail_calls(unavailable(self.server_id, "server %s: %s" % (self.server_id, reason)))
-        self._outbox.put(None)
         self._closing.set()
         self._join_thread("-stdin", POLL_S * 2)
         self._signal_group(signal.SIGTERM)
@@ -1689,7 +1740,9 @@ class Router:
 
 _TCHAR = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]"
 _REQUEST_LINE_RE = re.compile(rb"(" + _TCHAR + rb"+) ([!-~]+) HTTP/([0-9])\.([0-9])\Z")
-_HEADER_LINE_RE = re.compile(rb"(" + _TCHAR + rb"+):[ \t]*([^\r\n\x00]*?)[ \t]*\Z")
+# Every header line at once: name, colon, value without CR, LF or NUL. A line that starts with whitespace
+# (obsolete folding) or has whitespace before its colon fails here.
+_HEADER_BLOCK_RE = re.compile(rb"%s+:[^\r\n\x00]*(?:\r\n%s+:[^\r\n\x00]*)*" % (_TCHAR, _TCHAR))
 _CONTENT_LENGTH_RE = re.compile(r"[0-9]{1,15}\Z")
 
 
@@ -1711,8 +1764,8 @@ def parse_head(head):
     """Parses a request head (request line and header lines, without the blank line) as strictly as RFC 9112
     asks: malformed lines, obsolete line folding, conflicting Content-Lengths and Transfer-Encoding (which the
     gateway does not decode) are refused, and the connection is closed since its framing cannot be trusted."""
-    lines = head.split(b"\r\n")
-    match = _REQUEST_LINE_RE.match(lines[0])
+    request_line, _, header_block = head.partition(b"\r\n")
+    match = _REQUEST_LINE_RE.match(request_line)
     if not match:
         raise bad_request("malformed request line", close=True)
     method, target = match.group(1).decode("ascii"), match.group(2).decode("ascii")
@@ -1720,14 +1773,15 @@ def parse_head(head):
     if version not in ((1, 0), (1, 1)):
         raise GatewayError("HTTP/%d.%d is not supported; use HTTP/1.1" % version, 505,
                            "http_version_not_supported", close=True)
-    if len(lines) - 1 > MAX_HEADER_COUNT:
+    lines = header_block.split(b"\r\n") if header_block else []
+    if len(lines) > MAX_HEADER_COUNT:
         raise GatewayError("more than %d header lines" % MAX_HEADER_COUNT, 431, "headers_too_large", close=True)
+    if header_block and not _HEADER_BLOCK_RE.fullmatch(header_block):
+        raise bad_request("malformed header line", close=True)
     headers, lengths = {}, []
-    for line in lines[1:]:
-        match = _HEADER_LINE_RE.match(line)
-        if not match:
-            raise bad_request("malformed header line", close=True)
-        name, value = match.group(1).decode("ascii").lower(), match.group(2).decode("latin-1")
+    for line in lines:
+        name, _, value = line.partition(b":")
+        name, value = name.decode("ascii").lower(), value.strip(b" \t").decode("latin-1")
         if name == "content-length":
             lengths.extend(part.strip() for part in value.split(","))
         else:
@@ -1799,6 +1853,9 @@ def parse_json_body(body):
         raise GatewayError("request body is not valid JSON: %s" % e, 400, "invalid_json", JSONRPC_PARSE_ERROR)
 
 
+_REASONS = {status.value: status.phrase for status in http.HTTPStatus}
+
+
 class _HttpDate:
     """The Date header, formatted at most once a second."""
     second, text = 0, ""
@@ -1827,6 +1884,7 @@ class Connection(socketserver.BaseRequestHandler):
         self.streamed = False  # the current response is an event stream that has begun
         self._chunked = True  # an event stream is sent in chunks (HTTP/1.1) or ended by closing (HTTP/1.0)
         self._buffer = bytearray()
+        self._timeout = None  # the socket's current timeout
         self.front.track(self, True)
 
     def finish(self):
@@ -1876,7 +1934,9 @@ class Connection(socketserver.BaseRequestHandler):
         """Appends what arrives within `timeout` to the buffer; False on timeout or end of stream."""
         if timeout <= 0:
             return False
-        self.sock.settimeout(timeout)
+        if timeout != self._timeout:  # a keep-alive connection waits with the same idle timeout each time
+            self._timeout = timeout
+            self.sock.settimeout(timeout)
         try:
             data = self.sock.recv(65536)
         except socket.timeout:
@@ -1897,7 +1957,7 @@ class Connection(socketserver.BaseRequestHandler):
         """Sends a whole response in one write."""
         if not keep_alive:
             self.close = True
-        lines = ["HTTP/1.1 %d %s" % (status, http.HTTPStatus(status).phrase), "Server: " + SERVER_HEADER,
+        lines = ["HTTP/1.1 %d %s" % (status, _REASONS[status]), "Server: " + SERVER_HEADER,
                  "Date: " + _HttpDate.get(), "Content-Length: %d" % len(body)]
         if body:
             lines.append("Content-Type: " + content_type)
@@ -2489,6 +2549,7 @@ def serve(config, logger, on_listening=None):
     stop = threading.Event()
     previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGTERM, signal.SIGINT)}
     gateway = Gateway(config, logger)
+    logger.start_background()
     try:
         try:
             gateway.start()
@@ -2504,6 +2565,7 @@ def serve(config, logger, on_listening=None):
         gateway.stop()
         return 0
     finally:
+        logger.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
 
