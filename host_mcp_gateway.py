@@ -169,9 +169,12 @@ class Logger:
         if int(t) != self._second:
             self._second, self._second_text = int(t), time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t))
         record = {"ts": self._second_text + ".%03dZ" % (t % 1 * 1000), "level": level, "event": event}
-        for key, value in fields.items():
-            record[key] = "[redacted]" if key.lower() in _SECRET_KEYS else value
-        line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
+        record.update(fields)
+        if not _SECRET_KEYS.isdisjoint(map(str.lower, fields)):
+            for key in fields:
+                if key.lower() in _SECRET_KEYS:
+                    record[key] = "[redacted]"
+        line = _log_json(record) + "\n"
         with self._lock:
             self._pending.append(line)
         if self._writer is None or self._closed.is_set():
@@ -202,8 +205,19 @@ class Logger:
         self.log("error", event, **fields)
 
 
+# Made once: json.dumps and json.loads build a new encoder or decoder on every call with options.
+_compact_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_log_json = json.JSONEncoder(ensure_ascii=False, default=str).encode
+_decode_json = json.JSONDecoder().decode
+
+
 def json_bytes(value):
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return _compact_json(value).encode("utf-8")
+
+
+def json_loads(data):
+    """Decodes a JSON text given as UTF-8 bytes. Raises ValueError."""
+    return _decode_json(data.decode("utf-8"))
 
 
 def describe_exit(returncode):
@@ -808,7 +822,7 @@ class ChildProcess:
 
     def _receive_line(self, line):
         try:
-            message = json.loads(line)
+            message = json_loads(line)
         except ValueError:
             self._log.warning("child_non_json_line", server_id=self.server_id, pid=self.pid,
                               line=line[:200].decode("utf-8", "replace"))
@@ -1093,6 +1107,9 @@ class ServerRuntime:
     def ready_child(self, deadline):
         """The ready child, waiting for a start or a restart within the caller's deadline. A server that has not
         been ready since its last failure, or is down for good, is unavailable at once."""
+        child = self.child  # the common case, without the lock; begin_call catches a child that just exited
+        if self.state == "ready" and child is not None and child.accepting_calls:
+            return child
         self.start()
         with self._cond:
             while True:
@@ -1848,7 +1865,7 @@ def accepts(request, media_type):
 
 def parse_json_body(body):
     try:
-        return json.loads(body)
+        return json_loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise GatewayError("request body is not valid JSON: %s" % e, 400, "invalid_json", JSONRPC_PARSE_ERROR)
 
@@ -2039,9 +2056,10 @@ class HttpFront:
             return list(self._connections)
 
     def set_busy(self, connection, busy):
-        with self._lock:
-            connection.busy = busy
-            self._lock.notify_all()
+        connection.busy = busy
+        if not busy and self.stopping.is_set():  # only shutdown waits for requests to end
+            with self._lock:
+                self._lock.notify_all()
 
     def wait_idle(self, timeout):
         """Waits until no connection is inside a request, or the timeout."""
