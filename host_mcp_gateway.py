@@ -5,13 +5,16 @@ Some MCP servers can only run on one machine (a Mac's Notes, Calendar, Shortcuts
 file runs them as child processes speaking newline-delimited JSON-RPC on stdio, and lets many HTTP
 clients share each of them safely:
 
-    client --HTTP--> §10 HTTP layer --> §8 sessions --> §7 supervisor --> §6 child process --stdio--> MCP server
-      (token, allowlist, Origin,       (Mcp-Session-Id,   (restart policy,   (id remapping, one writer
-       size and time limits)            event streams)     backoff)           thread, stdout/stderr readers)
+    client --HTTP--> §10 HTTP layer --> §9 sessions --> §8 supervisor --> §7 child process --stdio--> MCP server
+      (token, allowlist, Origin,       (Mcp-Session-Id,   (restart policy,   (id remapping, stdin backlog
+       size and time limits)            event streams,     backoff)           thread, stdout/stderr readers)
+                                        relayed requests)
+    §6 telemetry watches all of it: metrics always (GET /metrics), OTLP/HTTP JSON traces and metrics when the
+    standard OTEL_* variables ask for them.
 
 Endpoints: `POST /{server_id}/rpc` is an MCP Streamable HTTP endpoint (POST, GET event stream, DELETE,
 `Mcp-Session-Id`) that also answers plain curl calls without a session; `POST /rpc` takes
-`{"server_id": ..., "payload": <JSON-RPC>}`; `GET /health` and `GET /servers` report status.
+`{"server_id": ..., "payload": <JSON-RPC>}`; `GET /health`, `GET /servers` and `GET /metrics` report status.
 
 Quick start:   python3 host_mcp_gateway.py --demo
 Own config:    python3 host_mcp_gateway.py --init  (then edit it)  and  python3 host_mcp_gateway.py --check
@@ -23,6 +26,7 @@ Python >= 3.9, standard library only. Sections: `grep -n '^# §' host_mcp_gatewa
 from __future__ import annotations
 
 import argparse
+import bisect
 import difflib
 import email.utils
 import hmac
@@ -33,6 +37,7 @@ import json
 import os
 import platform
 import queue
+import random
 import re
 import secrets
 import select
@@ -45,10 +50,13 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections import deque
 from http.server import ThreadingHTTPServer
 
-# § 1 Constants and defaults ------------------------------------------------------------------------------------
+# § 1 Constants and defaults ------------------------------------------------------------------------------------------
 
 VERSION = "0.1.0"
 SERVER_HEADER = "host-mcp-gateway"  # no version numbers: the default tells every client the interpreter's
@@ -82,7 +90,7 @@ JSONRPC_REQUEST_TIMEOUT = -32001  # the SDKs use this code for a request that ti
 JSONRPC_REQUEST_CANCELLED = -32800  # the answer to a call its client cancelled (the code LSP uses)
 
 
-# § 2 Errors ----------------------------------------------------------------------------------------------------
+# § 2 Errors ----------------------------------------------------------------------------------------------------------
 
 class GatewayError(Exception):
     """Every failure a client can see. The HTTP layer's one funnel (§10) turns it into a response: the gateway
@@ -126,9 +134,14 @@ class ConfigError(Exception):
         self.messages = list(messages)
 
 
-# § 3 Small helpers ---------------------------------------------------------------------------------------------
+# § 3 Small helpers ---------------------------------------------------------------------------------------------------
 
 now = time.monotonic  # every deadline and backoff
+_active = threading.local()  # .span: the span this thread works in, for log lines and for child spans (§6)
+
+
+def current_span():
+    return getattr(_active, "span", None)
 
 _SECRET_KEYS = frozenset({"authorization", "auth_token", "token", "env"})
 
@@ -169,6 +182,9 @@ class Logger:
         if int(t) != self._second:
             self._second, self._second_text = int(t), time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t))
         record = {"ts": self._second_text + ".%03dZ" % (t % 1 * 1000), "level": level, "event": event}
+        span = current_span()
+        if span is not None and span.context is not None:  # a line written during a traced request
+            record["trace_id"], record["span_id"] = span.context.trace_id, span.context.span_id
         record.update(fields)
         if not _SECRET_KEYS.isdisjoint(map(str.lower, fields)):
             for key in fields:
@@ -240,7 +256,7 @@ def session_label(session_id):
     return session_id[:8]
 
 
-# § 4 Configuration and access control (pure) ------------------------------------------------------------------
+# § 4 Configuration and access control (pure) -------------------------------------------------------------------------
 
 TOKEN_HELP = ("make one with `openssl rand -hex 32` or "
               "`python3 -c 'import secrets; print(secrets.token_hex(32))'`")
@@ -575,7 +591,7 @@ def check_host(config):
     return errors, notes
 
 
-# § 5 JSON-RPC core (no I/O) ------------------------------------------------------------------------------------
+# § 5 JSON-RPC core (no I/O) ------------------------------------------------------------------------------------------
 
 REQUEST, NOTIFICATION, RESPONSE, INVALID = "request", "notification", "response", "invalid"
 
@@ -635,11 +651,522 @@ def negotiate_protocol_version(requested, child_version=None):
     return requested if requested in usable else usable[0]
 
 
-# § 6 Child process ---------------------------------------------------------------------------------------------
+# § 6 Telemetry -------------------------------------------------------------------------------------------------------
+# Metrics are always kept (GET /metrics serves them); traces exist only while an exporter wants them. OTLP/HTTP
+# with the protobuf-JSON encoding goes out on one thread, from bounded queues, only when OTEL_* variables ask.
+
+HTTP_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)  # HTTP semconv
+MCP_DURATION_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)  # MCP semconv
+SPAN_INTERNAL, SPAN_SERVER, SPAN_CLIENT = 1, 2, 3  # OTLP SpanKind
+STATUS_ERROR = 2  # OTLP Status.code
+RETRYABLE_EXPORT_STATUSES = (429, 502, 503, 504)  # OTLP/HTTP: retry these, after Retry-After when given
+EXPORT_ATTEMPTS = 3
+SHUTDOWN_FLUSH_S = 1.0  # the last export at stop; keeps a gateway stop under 5 s even with a hung collector
+_TRACEPARENT_RE = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_ids = random.Random()  # trace and span ids need to be unique, not secret: no os.urandom per request
+
+
+class SpanContext:
+    __slots__ = ("trace_id", "span_id", "sampled")
+
+    def __init__(self, trace_id, span_id, sampled):
+        self.trace_id = trace_id  # 32 lower-case hex digits
+        self.span_id = span_id  # 16 lower-case hex digits
+        self.sampled = sampled
+
+    def traceparent(self):
+        return "00-%s-%s-%s" % (self.trace_id, self.span_id, "01" if self.sampled else "00")
+
+
+def parse_traceparent(value):
+    """A W3C traceparent header value as a SpanContext, or None when it is absent or invalid."""
+    match = _TRACEPARENT_RE.match(value.strip()) if isinstance(value, str) else None
+    if not match or match.group(1) == "ff" or (match.group(1) == "00" and len(value.strip()) != 55):
+        return None
+    trace_id, span_id = match.group(2), match.group(3)
+    if trace_id == "0" * 32 or span_id == "0" * 16:
+        return None
+    return SpanContext(trace_id, span_id, bool(int(match.group(4), 16) & 1))
+
+
+def meta_traceparent(message):
+    """The trace context an MCP request carries in params._meta, or None."""
+    params = message.get("params") if isinstance(message, dict) else None
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    return parse_traceparent(meta.get("traceparent")) if isinstance(meta, dict) else None
+
+
+def with_meta(message, **entries):
+    """A copy of a request with entries added to its params._meta."""
+    params = message.get("params")
+    params = params if isinstance(params, dict) else {}
+    meta = params.get("_meta")
+    meta = dict(meta) if isinstance(meta, dict) else {}
+    meta.update(entries)
+    return dict(message, params=dict(params, _meta=meta))
+
+
+def should_sample(sampler, ratio, parent, trace_id):
+    """OTEL_TRACES_SAMPLER's decision for a new span (pure)."""
+    if sampler.startswith("parentbased_") and parent is not None:
+        return parent.sampled
+    root = sampler[len("parentbased_"):] if sampler.startswith("parentbased_") else sampler
+    if root == "always_off":
+        return False
+    if root == "traceidratio":  # the low 8 bytes of the trace id are random: compare them with the ratio
+        return int(trace_id[16:], 16) < ratio * (1 << 64)
+    return True
+
+
+class Span:
+    """One span: a name, a kind, times, attributes and events; exported when it ends, if sampled."""
+    __slots__ = ("context", "parent_id", "name", "kind", "start_ns", "attributes", "events", "error", "_tracer")
+
+    def __init__(self, tracer, name, kind, context, parent_id, attributes):
+        self._tracer = tracer
+        self.name = name
+        self.kind = kind
+        self.context = context
+        self.parent_id = parent_id
+        self.start_ns = time.time_ns()
+        self.attributes = attributes
+        self.events = []
+        self.error = None
+
+    def set(self, key, value):
+        self.attributes[key] = value
+
+    def add_event(self, name, **attributes):
+        self.events.append((time.time_ns(), name, attributes))
+
+    def fail(self, message):
+        self.error = message
+
+    def reparent(self, parent):
+        """Continues a trace learned after the span began (params._meta); only before it has children."""
+        self.context = SpanContext(parent.trace_id, self.context.span_id, parent.sampled)
+        self.parent_id = parent.span_id
+
+    def end(self):
+        if self.context.sampled:
+            self._tracer.export(self, time.time_ns())
+
+
+class _NoSpan:
+    """What tracing hands out while no exporter wants spans: accepts everything, keeps nothing."""
+    context = None
+
+    def set(self, key, value):
+        pass
+
+    def add_event(self, name, **attributes):
+        pass
+
+    def fail(self, message):
+        pass
+
+    def reparent(self, parent):
+        pass
+
+    def end(self):
+        pass
+
+
+NO_SPAN = _NoSpan()
+
+
+class Instrument:
+    """A metric with cumulative points per attribute set: a histogram (bounds given) or a sum."""
+
+    def __init__(self, name, unit, description, bounds=None, monotonic=True):
+        self.name = name
+        self.unit = unit
+        self.description = description
+        self.bounds = bounds
+        self.monotonic = monotonic
+        self._lock = threading.Lock()
+        self._points = {}  # attribute items (a tuple) -> [bucket counts..., sum, count, min, max] or [value]
+
+    def record(self, value, attributes=()):
+        """Adds `value` (a sum's increment, or a histogram's measurement) to the point for `attributes`."""
+        key = tuple(attributes)
+        with self._lock:
+            point = self._points.get(key)
+            if self.bounds is None:
+                self._points[key] = [value + (point[0] if point else 0)]
+                return
+            if point is None:
+                point = self._points[key] = [0] * (len(self.bounds) + 1) + [0.0, 0, value, value]
+            point[bisect.bisect_left(self.bounds, value)] += 1
+            point[-4] += value
+            point[-3] += 1
+            point[-2] = min(point[-2], value)
+            point[-1] = max(point[-1], value)
+
+    def points(self):
+        """[(attributes dict, point list)], a consistent copy."""
+        with self._lock:
+            return [(dict(key), list(point)) for key, point in self._points.items()]
+
+
+class Meter:
+    """Every instrument the gateway keeps. Names and units follow the OpenTelemetry conventions where they
+    have one (HTTP, MCP); the gateway's own start with host_mcp_gateway."""
+
+    def __init__(self):
+        self.start_ns = time.time_ns()
+        self.http_duration = Instrument("http.server.request.duration", "s", "Duration of HTTP server requests.",
+                                        HTTP_DURATION_BUCKETS)
+        self.server_operation = Instrument("mcp.server.operation.duration", "s",
+                                           "MCP request duration as the gateway's clients see it.", MCP_DURATION_BUCKETS)
+        self.client_operation = Instrument("mcp.client.operation.duration", "s",
+                                           "MCP request duration between the gateway and its children.",
+                                           MCP_DURATION_BUCKETS)
+        self.requests = Instrument("host_mcp_gateway.requests", "{request}", "HTTP requests by route and outcome.")
+        self.restarts = Instrument("host_mcp_gateway.child.restarts", "{restart}", "Child processes restarted.")
+        self.dropped = Instrument("host_mcp_gateway.telemetry.dropped", "{item}",
+                                  "Spans and metric exports dropped because a queue was full or a collector failed.")
+        self.sessions = Instrument("host_mcp_gateway.sessions.active", "{session}", "MCP sessions open.",
+                                   monotonic=False)
+        self.calls = Instrument("host_mcp_gateway.calls.in_flight", "{call}", "Calls waiting for a child's answer.",
+                                monotonic=False)
+        self.instruments = [self.http_duration, self.server_operation, self.client_operation, self.requests,
+                            self.restarts, self.dropped, self.sessions, self.calls]
+
+
+def _otlp_value(value):
+    if isinstance(value, bool):
+        return {"boolValue": value}
+    if isinstance(value, int):
+        return {"intValue": str(value)}  # int64 is a string in protobuf JSON
+    if isinstance(value, float):
+        return {"doubleValue": value}
+    if isinstance(value, (list, tuple)):
+        return {"arrayValue": {"values": [_otlp_value(item) for item in value]}}
+    return {"stringValue": str(value)}
+
+
+def otlp_attributes(attributes):
+    return [{"key": key, "value": _otlp_value(value)} for key, value in attributes.items() if value is not None]
+
+
+def otlp_span(span, end_ns):
+    encoded = {"traceId": span.context.trace_id, "spanId": span.context.span_id, "name": span.name,
+               "kind": span.kind, "startTimeUnixNano": str(span.start_ns), "endTimeUnixNano": str(end_ns),
+               "attributes": otlp_attributes(span.attributes),
+               "events": [{"timeUnixNano": str(t), "name": name, "attributes": otlp_attributes(attributes)}
+                          for t, name, attributes in span.events]}
+    if span.parent_id:
+        encoded["parentSpanId"] = span.parent_id
+    if span.error is not None:
+        encoded["status"] = {"code": STATUS_ERROR, "message": span.error}
+    return encoded
+
+
+def otlp_traces(resource, scope, spans):
+    """An ExportTraceServiceRequest in OTLP/JSON: ids in hex, enums as numbers, 64-bit integers as strings."""
+    return {"resourceSpans": [{"resource": {"attributes": otlp_attributes(resource)},
+                               "scopeSpans": [{"scope": scope, "spans": spans}]}]}
+
+
+def otlp_metrics(resource, scope, meter, now_ns):
+    """An ExportMetricsServiceRequest in OTLP/JSON, every point cumulative since the meter started."""
+    metrics = []
+    for instrument in meter.instruments:
+        points = instrument.points()
+        if not points:
+            continue
+        times = {"startTimeUnixNano": str(meter.start_ns), "timeUnixNano": str(now_ns)}
+        metric = {"name": instrument.name, "unit": instrument.unit, "description": instrument.description}
+        if instrument.bounds is None:
+            metric["sum"] = {"aggregationTemporality": 2, "isMonotonic": instrument.monotonic, "dataPoints": [
+                dict(times, attributes=otlp_attributes(attributes), asInt=str(point[0]))
+                for attributes, point in points]}
+        else:
+            metric["histogram"] = {"aggregationTemporality": 2, "dataPoints": [
+                dict(times, attributes=otlp_attributes(attributes), count=str(point[-3]), sum=point[-4],
+                     bucketCounts=[str(n) for n in point[:-4]], explicitBounds=list(instrument.bounds),
+                     min=point[-2], max=point[-1])
+                for attributes, point in points]}
+        metrics.append(metric)
+    return {"resourceMetrics": [{"resource": {"attributes": otlp_attributes(resource)},
+                                 "scopeMetrics": [{"scope": scope, "metrics": metrics}]}]}
+
+
+_PROMETHEUS_UNITS = {"s": "_seconds", "By": "_bytes"}
+
+
+def prometheus_name(instrument):
+    """An instrument's name as OpenTelemetry's Prometheus exporter writes it: dots to underscores, the unit as
+    a suffix (annotations such as {request} dropped), and _total on monotonic sums."""
+    name = re.sub(r"[^a-zA-Z0-9_:]", "_", instrument.name) + _PROMETHEUS_UNITS.get(instrument.unit, "")
+    return name + "_total" if instrument.bounds is None and instrument.monotonic else name
+
+
+def _prometheus_labels(attributes, extra=()):
+    pairs = [(re.sub(r"[^a-zA-Z0-9_]", "_", key), str(value)) for key, value in attributes.items()
+             if value is not None] + list(extra)
+    if not pairs:
+        return ""
+    escaped = (value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") for _, value in pairs)
+    return "{" + ",".join('%s="%s"' % (key, value) for (key, _), value in zip(pairs, escaped)) + "}"
+
+
+def prometheus_text(meter):
+    """Every instrument in the Prometheus text exposition format (version 0.0.4)."""
+    lines = []
+    for instrument in meter.instruments:
+        name = prometheus_name(instrument)
+        kind = "histogram" if instrument.bounds else "counter" if instrument.monotonic else "gauge"
+        lines += ["# HELP %s %s" % (name, instrument.description), "# TYPE %s %s" % (name, kind)]
+        for attributes, point in instrument.points():
+            if instrument.bounds is None:
+                lines.append("%s%s %s" % (name, _prometheus_labels(attributes), point[0]))
+                continue
+            cumulative = 0
+            for bound, count in zip(list(instrument.bounds) + ["+Inf"], point[:-4]):
+                cumulative += count
+                lines.append("%s_bucket%s %d" % (name, _prometheus_labels(attributes, [("le", str(bound))]),
+                                                 cumulative))
+            lines.append("%s_sum%s %s" % (name, _prometheus_labels(attributes), repr(float(point[-4]))))
+            lines.append("%s_count%s %d" % (name, _prometheus_labels(attributes), point[-3]))
+    return "\n".join(lines) + "\n"
+
+
+def _parse_key_values(text):
+    """OTEL_EXPORTER_OTLP_HEADERS and OTEL_RESOURCE_ATTRIBUTES: comma-separated, URL-encoded key=value pairs."""
+    pairs = {}
+    for item in (text or "").split(","):
+        key, sep, value = item.partition("=")
+        if sep and key.strip():
+            pairs[urllib.parse.unquote(key.strip())] = urllib.parse.unquote(value.strip())
+    return pairs
+
+
+def _env_number(environ, name, default, warnings, minimum=0):
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        warnings.append("%s=%r is not a number >= %s; using %s" % (name, raw, minimum, default))
+        return default
+    return value
+
+
+def _endpoint_url(value):
+    value = value.strip()
+    return value if "://" in value else "http://" + value  # the original README's "localhost:4317" has none
+
+
+class TelemetrySettings:
+    """What the standard OTEL_* variables ask for (pure: built from a mapping). `warnings` say what was off."""
+
+    SAMPLERS = ("always_on", "always_off", "traceidratio", "parentbased_always_on", "parentbased_always_off",
+                "parentbased_traceidratio")
+
+    def __init__(self, environ):
+        self.warnings = []
+        get = environ.get
+        self.disabled = get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+        base = get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+        self.endpoints, self.headers, self.timeouts = {}, {}, {}
+        for signal in ("traces", "metrics"):
+            upper = signal.upper()
+            own = get("OTEL_EXPORTER_OTLP_%s_ENDPOINT" % upper, "").strip()
+            if own:
+                self.endpoints[signal] = _endpoint_url(own)
+            elif base:
+                self.endpoints[signal] = _endpoint_url(base).rstrip("/") + "/v1/" + signal
+            headers = _parse_key_values(get("OTEL_EXPORTER_OTLP_HEADERS"))
+            headers.update(_parse_key_values(get("OTEL_EXPORTER_OTLP_%s_HEADERS" % upper)))
+            self.headers[signal] = headers
+            timeout = _env_number(environ, "OTEL_EXPORTER_OTLP_TIMEOUT", 10000, self.warnings, 1)
+            self.timeouts[signal] = _env_number(environ, "OTEL_EXPORTER_OTLP_%s_TIMEOUT" % upper, timeout,
+                                                self.warnings, 1) / 1000.0
+            protocol = get("OTEL_EXPORTER_OTLP_%s_PROTOCOL" % upper) or get("OTEL_EXPORTER_OTLP_PROTOCOL", "")
+            port = urllib.parse.urlsplit(self.endpoints.get(signal, "")).port if signal in self.endpoints else None
+            if signal in self.endpoints and (protocol.strip() in ("grpc", "http/protobuf") or port == 4317):
+                self.warnings.append(
+                    "%s: this gateway exports OTLP/HTTP with JSON bodies (usually port 4318), not %s; set "
+                    "OTEL_EXPORTER_OTLP_ENDPOINT=http://HOST:4318 and OTEL_EXPORTER_OTLP_PROTOCOL=http/json" % (
+                        self.endpoints[signal], protocol.strip() or "gRPC on port 4317"))
+        self.service_name = get("OTEL_SERVICE_NAME", "").strip() or None
+        self.resource_attributes = _parse_key_values(get("OTEL_RESOURCE_ATTRIBUTES"))
+        self.sampler = get("OTEL_TRACES_SAMPLER", "parentbased_always_on").strip().lower()
+        if self.sampler not in self.SAMPLERS:
+            self.warnings.append("OTEL_TRACES_SAMPLER=%s is not one of %s; using parentbased_always_on" % (
+                self.sampler, ", ".join(self.SAMPLERS)))
+            self.sampler = "parentbased_always_on"
+        self.ratio = min(1.0, _env_number(environ, "OTEL_TRACES_SAMPLER_ARG", 1.0, self.warnings))
+        self.schedule_delay_s = _env_number(environ, "OTEL_BSP_SCHEDULE_DELAY", 5000, self.warnings) / 1000.0
+        self.max_queue = int(_env_number(environ, "OTEL_BSP_MAX_QUEUE_SIZE", 2048, self.warnings, 1))
+        self.max_batch = int(_env_number(environ, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512, self.warnings, 1))
+        self.metric_interval_s = _env_number(environ, "OTEL_METRIC_EXPORT_INTERVAL", 60000, self.warnings,
+                                             1) / 1000.0
+        if self.disabled:
+            self.endpoints = {}
+
+    def resource(self):
+        attributes = {"host.name": socket.gethostname(), "os.type": platform.system().lower(),
+                      "process.pid": os.getpid()}
+        attributes.update(self.resource_attributes)
+        attributes.update({"service.name": self.service_name or attributes.get("service.name", SERVER_HEADER),
+                           "service.version": VERSION})
+        return attributes
+
+
+class Telemetry:
+    """Spans, metrics, and the one exporter thread. Recording never waits on the network: spans go to a bounded
+    queue (the oldest dropped, and counted, when it is full), and a collector that is down, slow or failing costs
+    the exporter thread its time, never a request."""
+
+    def __init__(self, settings, logger):
+        self.settings = settings
+        self._log = logger
+        self.meter = Meter()
+        self.tracing = "traces" in settings.endpoints
+        self._resource = settings.resource()
+        self._scope = {"name": SERVER_HEADER, "version": VERSION}
+        self._lock = threading.Lock()
+        self._spans = deque()  # (Span, end time) waiting for export (self._lock)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._failing = set()  # signals whose last export failed: one warning per outage
+        self._thread = None
+
+    def start(self):
+        for warning in self.settings.warnings:
+            self._log.warning("telemetry_setting", message=warning)
+        if self.settings.endpoints:
+            self._log.info("telemetry_export", endpoints=self.settings.endpoints, sampler=self.settings.sampler)
+            self._thread = threading.Thread(target=self._export_loop, name="telemetry-exporter", daemon=True)
+            self._thread.start()
+
+    def stop(self):
+        """The last export, within SHUTDOWN_FLUSH_S."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=SHUTDOWN_FLUSH_S + POLL_S)
+
+    # Spans -----------------------------------------------------------------------------------------------------
+
+    def start_span(self, name, kind, attributes, parent=None):
+        """A new span under `parent` (a SpanContext), or else under the span this thread is in, or a new trace."""
+        if not self.tracing:
+            return NO_SPAN
+        if parent is None:
+            current = current_span()
+            parent = current.context if current is not None else None
+        trace_id = parent.trace_id if parent else "%032x" % _ids.getrandbits(128)
+        sampled = should_sample(self.settings.sampler, self.settings.ratio, parent, trace_id)
+        context = SpanContext(trace_id, "%016x" % _ids.getrandbits(64), sampled)
+        return Span(self, name, kind, context, parent.span_id if parent else None, attributes)
+
+    def export(self, span, end_ns):
+        with self._lock:
+            if len(self._spans) >= self.settings.max_queue:
+                self._spans.popleft()
+                self.meter.dropped.record(1, (("signal", "traces"), ("reason", "queue_full")))
+            self._spans.append((span, end_ns))
+            full = len(self._spans) >= self.settings.max_batch
+        if full:
+            self._wake.set()
+
+    # Export ----------------------------------------------------------------------------------------------------
+
+    def _export_loop(self):
+        try:
+            next_traces = now() + self.settings.schedule_delay_s
+            next_metrics = now() + self.settings.metric_interval_s
+            while not self._stop.is_set():
+                self._wake.wait(max(0.0, min(next_traces, next_metrics) - now()))
+                self._wake.clear()
+                if now() >= next_traces or self._queued() >= self.settings.max_batch:
+                    self._export_spans(now() + self.settings.timeouts["traces"] * EXPORT_ATTEMPTS)
+                    next_traces = now() + self.settings.schedule_delay_s
+                if now() >= next_metrics:
+                    self._export_metrics(now() + self.settings.timeouts["metrics"] * EXPORT_ATTEMPTS)
+                    next_metrics = now() + self.settings.metric_interval_s
+            deadline = now() + SHUTDOWN_FLUSH_S
+            self._export_spans(deadline)
+            self._export_metrics(deadline)
+        except Exception as e:
+            self._log.error("thread_failed", thread=threading.current_thread().name, error=repr(e))
+
+    def _queued(self):
+        with self._lock:
+            return len(self._spans)
+
+    def _export_spans(self, deadline):
+        while "traces" in self.settings.endpoints and now() < deadline:
+            with self._lock:
+                batch = [self._spans.popleft() for _ in range(min(len(self._spans), self.settings.max_batch))]
+            if not batch:
+                return
+            body = otlp_traces(self._resource, self._scope, [otlp_span(span, end) for span, end in batch])
+            if not self._post("traces", body, deadline):
+                self.meter.dropped.record(len(batch), (("signal", "traces"), ("reason", "export_failed")))
+
+    def _export_metrics(self, deadline):
+        if "metrics" in self.settings.endpoints:
+            body = otlp_metrics(self._resource, self._scope, self.meter, time.time_ns())
+            if not self._post("metrics", body, deadline):
+                self.meter.dropped.record(1, (("signal", "metrics"), ("reason", "export_failed")))
+
+    def _post(self, signal, body, deadline):
+        """One export with retries on 429/502/503/504 and network errors (after Retry-After when given), within
+        `deadline`. Logs once when a collector starts failing and once when it recovers."""
+        url = self.settings.endpoints[signal]
+        data = json_bytes(body)
+        headers = dict(self.settings.headers[signal], **{"Content-Type": "application/json"})
+        problem = None
+        for attempt in range(EXPORT_ATTEMPTS):
+            timeout = min(self.settings.timeouts[signal], deadline - now())
+            if timeout <= 0:
+                break
+            try:
+                with urllib.request.urlopen(urllib.request.Request(url, data, headers, method="POST"),
+                                            timeout=timeout) as response:
+                    response.read()
+                if signal in self._failing:
+                    self._failing.discard(signal)
+                    self._log.info("telemetry_export_recovered", signal=signal, url=url)
+                return True
+            except urllib.error.HTTPError as e:
+                problem = "HTTP %d" % e.code
+                if e.code not in RETRYABLE_EXPORT_STATUSES:
+                    break
+                delay = _retry_after(e.headers.get("Retry-After"), attempt)
+            except (OSError, ValueError) as e:  # refused, unreachable, timed out, a malformed URL
+                problem = str(getattr(e, "reason", e))
+                delay = _retry_after(None, attempt)
+            if delay >= deadline - now():
+                break
+            self._stop.wait(delay)
+        if signal not in self._failing:
+            self._failing.add(signal)
+            self._log.warning("telemetry_export_failing", signal=signal, url=url, problem=problem,
+                              note="requests are unaffected; this is logged once until the collector recovers")
+        return False
+
+
+def _retry_after(header, attempt):
+    """Seconds to wait before retrying an export: Retry-After when it gives seconds, else 0.5, 1, 2..."""
+    if header and header.strip().isdigit():
+        return float(header.strip())
+    return 0.5 * 2 ** attempt
+
+
+# § 7 Child process ---------------------------------------------------------------------------------------------------
 
 GATEWAY_CLIENT_INFO = {"name": "host-mcp-gateway", "version": VERSION}
 # Declared to children so that they may ask for roots, sampling and elicitation; the gateway relays those
-# requests to a session whose client declared the same capability (§8).
+# requests to a session whose client declared the same capability (§9).
 GATEWAY_CLIENT_CAPABILITIES = {"roots": {"listChanged": True}, "sampling": {}, "elicitation": {}}
 
 
@@ -1026,7 +1553,7 @@ class ChildProcess:
             pass
 
 
-# § 7 Supervisor ------------------------------------------------------------------------------------------------
+# § 8 Supervisor ------------------------------------------------------------------------------------------------------
 
 def should_restart(policy, returncode, reached_ready):
     """The restart rule. `returncode` is None when the command could not be spawned."""
@@ -1049,11 +1576,12 @@ class ServerRuntime:
     """One configured server: its current child, its state, and the supervisor thread that starts it, watches
     it and applies the restart policy. States: stopped, starting, ready, backoff, failed."""
 
-    def __init__(self, spec, config, logger, on_unsolicited, on_ready=None, handshake_params=None):
+    def __init__(self, spec, config, logger, telemetry, on_unsolicited, on_ready=None, handshake_params=None):
         self.spec = spec
         self.server_id = spec.server_id
         self._config = config
         self._log = logger
+        self._telemetry = telemetry
         self._on_unsolicited = on_unsolicited  # (runtime, child, message, kind) for messages the child starts
         self._on_ready = on_ready  # (runtime, child, restarted) on the supervisor thread when a child is ready
         self.handshake_params = handshake_params  # a client's own initialize params, for a per-session child
@@ -1165,6 +1693,7 @@ class ServerRuntime:
                     break
                 with self._cond:
                     self.restart_count += 1
+                self._telemetry.meter.restarts.record(1, (("host_mcp_gateway.server_id", self.server_id),))
         except Exception as e:
             self._log.error("thread_failed", thread=threading.current_thread().name, error=repr(e))
             self._set(state="failed", last_error="supervisor failed: %r" % e, _down=True)
@@ -1180,17 +1709,24 @@ class ServerRuntime:
         self._set(state="starting", _next_start_at=None)
         startup_ms = self.spec.startup_timeout_ms or self._config.request_timeout_ms
         restarted = self.init_result is not None
+        span = self._telemetry.start_span("start " + self.server_id, SPAN_INTERNAL, {
+            "host_mcp_gateway.server_id": self.server_id, "host_mcp_gateway.restart": restarted})
         try:
             child.start()
+            span.set("process.pid", child.pid)
             self._log.info("child_started", server_id=self.server_id, pid=child.pid)
             result = child.handshake(startup_ms / 1000.0, self.handshake_params)
+            span.add_event("handshake", **{"mcp.protocol.version": result.get("protocolVersion")})
         except GatewayError as e:
+            span.fail(e.message)
+            span.end()
             child.stop("its start failed")
             returncode = child.process.returncode if child.process else None
             self._set(last_error=e.message, _failed_since_ready=True,
                       last_exit=describe_exit(returncode) if child.process else "not started")
             self._log.warning("child_start_failed", server_id=self.server_id, pid=child.pid, reason=e.message)
             return child, None
+        span.end()
         ready_at = now()
         self._set(state="ready", child=child, init_result=result, _ready_since=ready_at,
                   _failed_since_ready=False, last_error=None)
@@ -1207,6 +1743,11 @@ class ServerRuntime:
                   last_exit=describe_exit(child.process.returncode), last_error=summary)
         if summary:
             self._log.warning("child_exited", server_id=self.server_id, pid=child.pid, summary=summary)
+            exit_span = self._telemetry.start_span("exit " + self.server_id, SPAN_INTERNAL, {
+                "host_mcp_gateway.server_id": self.server_id, "process.pid": child.pid,
+                "process.exit.code": child.process.returncode})
+            exit_span.fail(summary)
+            exit_span.end()
         return child, now() - ready_at
 
     def describe(self):
@@ -1233,7 +1774,7 @@ class ServerRuntime:
         return described
 
 
-# § 8 Sessions and routing ---------------------------------------------------------------------------------------
+# § 9 Sessions and routing --------------------------------------------------------------------------------------------
 
 SESSION_BUFFER_EVENTS = 100  # messages kept per session for its event stream, replayed after Last-Event-ID
 SESSION_BUFFER_BYTES = 1 << 20  # ... and no more bytes than this, so a flood of logs cannot grow a session
@@ -1323,8 +1864,9 @@ class Session:
 class SessionStore:
     """Open sessions by id, capped in number."""
 
-    def __init__(self, max_sessions):
+    def __init__(self, max_sessions, meter):
         self._max = max_sessions
+        self._meter = meter
         self._lock = threading.Lock()
         self._sessions = {}  # session id -> Session (self._lock)
 
@@ -1338,6 +1880,7 @@ class SessionStore:
         self.check_room()
         with self._lock:
             self._sessions[session.id] = session
+        self._meter.sessions.record(1, (("host_mcp_gateway.server_id", session.server_id),))
 
     def get(self, session_id, server_id):
         with self._lock:
@@ -1349,7 +1892,10 @@ class SessionStore:
 
     def remove(self, session):
         with self._lock:
-            return self._sessions.pop(session.id, None) is not None
+            removed = self._sessions.pop(session.id, None) is not None
+        if removed:
+            self._meter.sessions.record(-1, (("host_mcp_gateway.server_id", session.server_id),))
+        return removed
 
     def all(self):
         with self._lock:
@@ -1370,18 +1916,58 @@ class RelayedRequest:
         self.expires = expires
 
 
-class Ticket:
-    """A request on its way through a child: what the HTTP thread waits on."""
-    __slots__ = ("child", "gateway_id", "call")
+def mcp_attributes(message, server_id, session):
+    """The low-cardinality attributes of an MCP request, for its spans and duration metrics (pure)."""
+    method, params = message["method"], message.get("params")
+    attributes = [("mcp.method.name", method), ("host_mcp_gateway.server_id", server_id)]
+    if session is not None and session.protocol_version:
+        attributes.append(("mcp.protocol.version", session.protocol_version))
+    name = params.get("name") if isinstance(params, dict) else None
+    if method == "tools/call" and isinstance(name, str):
+        attributes += [("gen_ai.tool.name", name), ("gen_ai.operation.name", "execute_tool")]
+    elif method == "prompts/get" and isinstance(name, str):
+        attributes.append(("gen_ai.prompt.name", name))
+    return tuple(attributes)
 
-    def __init__(self, child, gateway_id, call):
+
+def mcp_span_name(attributes):
+    """`{mcp.method.name} {target}`, the target being the tool or prompt when there is one."""
+    values = dict(attributes)
+    target = values.get("gen_ai.tool.name") or values.get("gen_ai.prompt.name")
+    return values["mcp.method.name"] + (" " + target if target else "")
+
+
+class Ticket:
+    """A request on its way through a child: what the HTTP thread waits on. It also carries the request's
+    CLIENT span and records its durations when the final answer (or failure) comes."""
+    __slots__ = ("child", "gateway_id", "call", "_telemetry", "_span", "_attributes", "_received", "_sent", "_done")
+
+    def __init__(self, child, gateway_id, call, telemetry, span, attributes, received):
         self.child = child
         self.gateway_id = gateway_id
         self.call = call
+        self._telemetry = telemetry
+        self._span = span
+        self._attributes = attributes
+        self._received = received  # when the gateway got the request
+        self._sent = now()  # when it went to the child
+        self._done = False
+        telemetry.meter.calls.record(1, attributes[1:2])
 
     def next(self, deadline, tick=None):
         """An Interim message, the final response, or None after `tick` seconds (see ChildProcess.wait_call)."""
-        return self.child.wait_call(self.gateway_id, self.call, deadline, tick)
+        try:
+            answer = self.child.wait_call(self.gateway_id, self.call, deadline, tick)
+        except GatewayError as e:
+            self.finish(e.error_code, e.message)
+            raise
+        if answer is not None and not isinstance(answer, Interim):
+            error = answer.get("error")
+            if isinstance(error, dict):
+                self.finish(str(error.get("code")), str(error.get("message")))
+            else:
+                self.finish()
+        return answer
 
     def wait(self, deadline):
         """The final response; messages that come first go to the session's event stream (or are dropped when
@@ -1392,6 +1978,22 @@ class Ticket:
                 return answer
             if self.call.session is not None:
                 self.call.session.push(answer.message)
+
+    def finish(self, error_type=None, message=None):
+        """Records the call's durations and ends its span, once; a caller that goes away finishes it too."""
+        if self._done:
+            return
+        self._done = True
+        ended = now()
+        attributes = self._attributes + ((("error.type", error_type),) if error_type else ())
+        meter = self._telemetry.meter
+        meter.client_operation.record(ended - self._sent, attributes + (("network.transport", "pipe"),))
+        meter.server_operation.record(ended - self._received, attributes + (("network.transport", "tcp"),))
+        meter.calls.record(-1, self._attributes[1:2])
+        if error_type:
+            self._span.set("error.type", error_type)
+            self._span.fail(message or error_type)
+        self._span.end()
 
 
 def result_reply(message, result):
@@ -1407,10 +2009,11 @@ class Router:
     capability; with no such call, the most recently active session with an open event stream and that
     capability; with none, the child gets an error at once."""
 
-    def __init__(self, config, logger):
+    def __init__(self, config, logger, telemetry):
         self._config = config
         self._log = logger
-        self.sessions = SessionStore(config.max_sessions)
+        self._telemetry = telemetry
+        self.sessions = SessionStore(config.max_sessions, telemetry.meter)
         self._lock = threading.Lock()  # guards the two maps below
         self._relayed = {}  # client-facing id -> RelayedRequest
         self._subscribers = {}  # (runtime, uri) -> number of sessions subscribed
@@ -1468,6 +2071,7 @@ class Router:
     def begin(self, runtime, message, deadline, session=None):
         """Starts one message on its way. Returns a Ticket for a forwarded request, a reply the gateway gives
         itself, or None when no reply is due."""
+        received = now()
         kind, problem = classify(message)
         if kind == INVALID:
             raise GatewayError("invalid JSON-RPC message: " + problem, 400, "invalid_request",
@@ -1481,6 +2085,8 @@ class Router:
         if method == "server/discover":
             # Revision 2026-07-28's probe. The gateway's sessions, relaying and restarts rest on the handshake,
             # so it steers every client to initialize: any error does that.
+            self._record_local(message, mcp_attributes(message, runtime.server_id, session), received,
+                               str(JSONRPC_METHOD_NOT_FOUND))
             return rpc_error(message["id"], JSONRPC_METHOD_NOT_FOUND, "server/discover is not supported: "
                              "use initialize (protocol revisions %s)" % ", ".join(SUPPORTED_PROTOCOL_VERSIONS))
         if method in ("resources/subscribe", "resources/unsubscribe") and session is not None:
@@ -1489,6 +2095,7 @@ class Router:
             return self._forward_request(runtime, message, deadline, session)
         child = runtime.ready_child(deadline)
         if method == "initialize":
+            self._record_local(message, mcp_attributes(message, runtime.server_id, session), received)
             return self.initialize_reply(runtime, message)
         if method == "notifications/cancelled":
             self._cancel_for_client(child, message, session)
@@ -1496,17 +2103,33 @@ class Router:
             child.send(message)
         return None
 
-    @staticmethod
-    def _forward_request(runtime, message, deadline, session):
+    def _forward_request(self, runtime, message, deadline, session):
+        """Sends a request to the child under a CLIENT span whose context the child gets in params._meta."""
+        received = now()
+        attributes = mcp_attributes(message, runtime.server_id, session)
+        span = self._telemetry.start_span(mcp_span_name(attributes), SPAN_CLIENT, dict(
+            attributes, **{"jsonrpc.request.id": str(message["id"]), "network.transport": "pipe",
+                           "mcp.session.id": session.label if session else None}))
+        if span.context is not None:
+            message = with_meta(message, traceparent=span.context.traceparent())
         while True:
-            child = runtime.ready_child(deadline)
             try:
+                child = runtime.ready_child(deadline)
                 gateway_id, call = child.begin_call(message, session)
             except GatewayError as e:
                 if e.error_code == "server_exited":
                     continue  # it died before the call reached it: wait for the restart like any later call
+                self._record_local(message, attributes, received, e.error_code)
+                span.fail(e.message)
+                span.end()
                 raise
-            return Ticket(child, gateway_id, call)
+            return Ticket(child, gateway_id, call, self._telemetry, span, attributes, received)
+
+    def _record_local(self, message, attributes, received, error_type=None):
+        """The duration of a request the gateway answered (or refused) without the child."""
+        if error_type:
+            attributes += (("error.type", error_type),)
+        self._telemetry.meter.server_operation.record(now() - received, attributes + (("network.transport", "tcp"),))
 
     @staticmethod
     def initialize_reply(runtime, message):
@@ -1586,7 +2209,7 @@ class Router:
         session_id = secrets.token_urlsafe(24)
         target = runtime
         if runtime.spec.isolation == "session":
-            target = ServerRuntime(runtime.spec, self._config, self._log, self.on_child_message,
+            target = ServerRuntime(runtime.spec, self._config, self._log, self._telemetry, self.on_child_message,
                                    self.on_child_ready, handshake_params=params)
             runtime.adopt(session_id, target)
         session = Session(session_id, target, runtime, params)
@@ -1753,7 +2376,7 @@ class Router:
                        sessions=len(self.sessions.of_runtime(runtime)))
 
 
-# § 10 HTTP layer -----------------------------------------------------------------------------------------------
+# § 10 HTTP layer -----------------------------------------------------------------------------------------------------
 
 _TCHAR = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]"
 _REQUEST_LINE_RE = re.compile(rb"(" + _TCHAR + rb"+) ([!-~]+) HTTP/([0-9])\.([0-9])\Z")
@@ -1818,7 +2441,10 @@ def parse_head(head):
     return Request(method, target, path, version, headers, keep_alive, int(lengths[0]) if lengths else 0)
 
 
-STATIC_ROUTES = {"/health": ("GET",), "/servers": ("GET",), "/rpc": ("POST",)}
+STATIC_ROUTES = {"/health": ("GET",), "/servers": ("GET",), "/metrics": ("GET",), "/rpc": ("POST",)}
+ROUTE_TEMPLATES = {"health": "/health", "servers": "/servers", "metrics": "/metrics", "rpc": "/rpc",
+                   "mcp": "/{server_id}/rpc"}  # http.route, low-cardinality
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 MCP_METHODS = ("GET", "POST", "DELETE")
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, Accept, Mcp-Session-Id, MCP-Protocol-Version, Last-Event-ID"
 CORS_EXPOSE_HEADERS = "Mcp-Session-Id, WWW-Authenticate"
@@ -2033,18 +2659,19 @@ class HttpFront:
     """Checks every request in the documented order (client address, bearer token, route and method, body
     limits), runs its endpoint, and writes one access log line."""
 
-    def __init__(self, config, logger, runtimes, router):
+    def __init__(self, config, logger, runtimes, router, telemetry):
         self.config = config
         self.log = logger
         self.runtimes = runtimes  # server_id -> ServerRuntime
         self.router = router
+        self.telemetry = telemetry
         self.allowlist = Allowlist(config.allowed_clients)
         self.stopping = threading.Event()
         self.started_at = now()
         self._lock = threading.Condition()  # notified when a request ends
         self._connections = set()  # open Connections (self._lock)
         self._endpoints = {("health", "GET"): self.get_health, ("servers", "GET"): self.get_servers,
-                           ("rpc", "POST"): self.post_rpc, ("mcp", "POST"): self.post_mcp,
+                           ("metrics", "GET"): self.get_metrics, ("rpc", "POST"): self.post_rpc, ("mcp", "POST"): self.post_mcp,
                            ("mcp", "GET"): self.get_mcp, ("mcp", "DELETE"): self.delete_mcp}
 
     def track(self, connection, is_open):
@@ -2070,12 +2697,18 @@ class HttpFront:
 
     def serve(self, conn, head):
         started = now()
-        request, server_id, status = None, None, 0
+        request, route, server_id, status, outcome, span = None, None, None, 0, "ok", NO_SPAN
         try:
             if not conn.allowed:
                 raise GatewayError("client address %s is not in allowed_clients" % conn.client, 403,
                                    "forbidden_client", close=True)
             request = parse_head(head)
+            span = _active.span = self.telemetry.start_span(request.method, SPAN_SERVER, {
+                "http.request.method": request.method if request.method in HTTP_METHODS else "_OTHER",
+                "url.path": request.path, "url.scheme": "http", "client.address": conn.client,
+                "network.protocol.version": "%d.%d" % request.version,
+                "user_agent.original": request.headers.get("user-agent")},
+                parse_traceparent(request.headers.get("traceparent")))
             conn.response_headers, conn.streamed = [], False
             if not request.keep_alive:
                 conn.close = True
@@ -2092,6 +2725,9 @@ class HttpFront:
                 raise GatewayError("missing or wrong bearer token", 401, "unauthorized",
                                    headers=[("WWW-Authenticate", 'Bearer realm="host-mcp-gateway"')])
             name, server_id, methods = match_route(request.path, self.runtimes)
+            route = ROUTE_TEMPLATES[name]
+            span.name = "%s %s" % (request.method, route)
+            span.set("http.route", route)
             if request.method not in methods:
                 raise GatewayError("%s does not allow %s" % (request.path, request.method), 405,
                                    "method_not_allowed", server_id=server_id, headers=[("Allow", ", ".join(methods))])
@@ -2104,7 +2740,7 @@ class HttpFront:
             request.content_length = 0  # consumed: an error from here on leaves the connection usable
             status = self._endpoints[name, request.method](conn, request, body, server_id)
         except GatewayError as e:
-            status = e.http_status
+            status, outcome = e.http_status, e.error_code
             if e.server_id is None:
                 e.server_id = server_id
             if request is not None and request.content_length:
@@ -2114,18 +2750,33 @@ class HttpFront:
             else:
                 conn.send_error(e)
         except OSError:
-            conn.close = True
+            conn.close, outcome = True, "client_gone"
             raise
         except Exception as e:
-            status = 500
+            status, outcome = 500, "internal_error"
             self.log.error("internal_error", error=repr(e), path=request.path if request else None)
             conn.send_error(GatewayError("internal error: %s" % type(e).__name__, 500, "internal_error",
                                          close=True))
         finally:
+            duration = now() - started
+            self._record(request, route, status, outcome, duration, span)
             self.log.info("http_request", method=request.method if request else None,
                           path=request.path if request else None, status=status,
-                          duration_ms=round((now() - started) * 1000, 3), client=conn.client,
-                          server_id=server_id)
+                          duration_ms=round(duration * 1000, 3), client=conn.client, server_id=server_id)
+            _active.span = None
+
+    def _record(self, request, route, status, outcome, duration, span):
+        """The request's metrics, and the end of its SERVER span (an error span only for 5xx answers)."""
+        method = (request.method if request.method in HTTP_METHODS else "_OTHER") if request else "_OTHER"
+        meter = self.telemetry.meter
+        meter.http_duration.record(duration, (("http.request.method", method), ("http.route", route),
+                                              ("http.response.status_code", status)))
+        meter.requests.record(1, (("http.route", route), ("outcome", outcome)))
+        span.set("http.response.status_code", status)
+        if status >= 500:
+            span.set("error.type", str(status))
+            span.fail(outcome)
+        span.end()
 
     def _preflight(self, conn, request):
         """A browser's CORS preflight, the one request answered without a token: it never carries one."""
@@ -2148,6 +2799,11 @@ class HttpFront:
                                 "uptime_s": round(now() - self.started_at, 3), "servers": states})
         return status
 
+    def get_metrics(self, conn, request, body, server_id):
+        """The same instruments as the OTLP export, in the Prometheus text format, for scrapers."""
+        conn.send(200, prometheus_text(self.telemetry.meter).encode("utf-8"), "text/plain; version=0.0.4")
+        return 200
+
     def get_servers(self, conn, request, body, server_id):
         conn.send_json(200, {"servers": [runtime.describe() for runtime in self.runtimes.values()]})
         return 200
@@ -2159,6 +2815,7 @@ class HttpFront:
             raise GatewayError('body must be {"server_id": "...", "payload": <JSON-RPC message or batch>}', 400,
                                "invalid_request", JSONRPC_INVALID_REQUEST)
         server_id = wrapper["server_id"]
+        self._continue_trace(request, wrapper["payload"])
         runtime = self.runtimes.get(server_id)
         if runtime is None:
             raise GatewayError("no server with server_id %r" % server_id, 404, "unknown_server",
@@ -2181,6 +2838,7 @@ class HttpFront:
         opens a session; a request without Mcp-Session-Id is served without one (curl). A failed single request
         is answered with a JSON-RPC error for its id (and the HTTP status of the failure)."""
         payload = parse_json_body(body)
+        self._continue_trace(request, payload)
         runtime = self.runtimes[server_id]
         try:
             if isinstance(payload, dict) and payload.get("method") in ("initialize", "server/discover"):
@@ -2208,6 +2866,14 @@ class HttpFront:
             return 202
         conn.send_json(200, reply)
         return 200
+
+    @staticmethod
+    def _continue_trace(request, payload):
+        """A request without a traceparent header may carry one in params._meta: its SERVER span joins that trace
+        (no span has started under it yet)."""
+        parent = meta_traceparent(payload) if "traceparent" not in request.headers else None
+        if parent is not None:
+            current_span().reparent(parent)
 
     def _session(self, request, runtime, server_id):
         """The request's session, or None for a sessionless call; 404 for an unknown or ended one."""
@@ -2241,6 +2907,12 @@ class HttpFront:
         if not isinstance(outcome, Ticket):
             conn.send_json(200, outcome)
             return 200
+        try:
+            return self._stream_or_send(conn, request, outcome, deadline, session)
+        finally:
+            outcome.finish("client_gone")  # no-op when the answer came; else the caller went away
+
+    def _stream_or_send(self, conn, request, outcome, deadline, session):
         wants_stream = "text/event-stream" in request.headers.get("accept", "")
         keepalive = self.config.sse_keepalive_ms / 1000.0
         while True:
@@ -2351,7 +3023,7 @@ class _HTTPServer(ThreadingHTTPServer):
         self.front.log.error("connection_failed", client=client_address[0], error=repr(sys.exc_info()[1]))
 
 
-# § 11 Gateway --------------------------------------------------------------------------------------------------
+# § 11 Gateway --------------------------------------------------------------------------------------------------------
 
 class Gateway:
     """Builds and wires everything; stops in reverse order."""
@@ -2359,11 +3031,12 @@ class Gateway:
     def __init__(self, config, logger):
         self.config = config
         self.log = logger
-        self.router = Router(config, logger)
-        self.runtimes = {spec.server_id: ServerRuntime(spec, config, logger, self.router.on_child_message,
-                                                       self.router.on_child_ready)
+        self.telemetry = Telemetry(TelemetrySettings(os.environ), logger)
+        self.router = Router(config, logger, self.telemetry)
+        self.runtimes = {spec.server_id: ServerRuntime(spec, config, logger, self.telemetry,
+                                                       self.router.on_child_message, self.router.on_child_ready)
                          for spec in config.servers}
-        self.front = HttpFront(config, logger, self.runtimes, self.router)
+        self.front = HttpFront(config, logger, self.runtimes, self.router, self.telemetry)
         self._httpd = None
         self._accept_thread = None
 
@@ -2385,6 +3058,7 @@ class Gateway:
                                                name="http-accept", daemon=True)
         self._accept_thread.start()
         self.router.start()
+        self.telemetry.start()
         self.log.info("listening", host=host, port=self.port, version=VERSION, servers=list(self.runtimes))
         for runtime in self.runtimes.values():
             if runtime.spec.autostart:
@@ -2410,6 +3084,7 @@ class Gateway:
         if self._httpd is not None:
             for thread in list(self._httpd.threads):
                 thread.join(timeout=POLL_S)
+        self.telemetry.stop()
         self.log.info("stopped")
 
     def _close_connections(self, idle_only):
@@ -2421,7 +3096,7 @@ class Gateway:
                     pass
 
 
-# § 12 Example MCP server (--example-server) --------------------------------------------------------------------
+# § 12 Example MCP server (--example-server) --------------------------------------------------------------------------
 
 EXAMPLE_SERVER_ID = "example"
 EXAMPLE_TOOLS = [
@@ -2494,7 +3169,7 @@ def run_example_server(stdin=None, stdout=None):
     return 0
 
 
-# § 13 CLI ------------------------------------------------------------------------------------------------------
+# § 13 CLI ------------------------------------------------------------------------------------------------------------
 
 def starter_config(port=DEFAULT_PORT):
     """A config that runs with no editing: a fresh token and the embedded example server."""

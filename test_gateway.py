@@ -1047,8 +1047,10 @@ class ComponentTest(unittest.TestCase):
         config = gw.validate_config(base_config([fake_server()]))
         logs = []
         logger = gw.Logger(stream=type("Sink", (), {"write": logs.append, "flush": lambda self: None})())
-        router = gw.Router(config, logger)
-        runtime = gw.ServerRuntime(config.servers[0], config, logger, router.on_child_message, router.on_child_ready)
+        telemetry = gw.Telemetry(gw.TelemetrySettings({}), logger)
+        router = gw.Router(config, logger, telemetry)
+        runtime = gw.ServerRuntime(config.servers[0], config, logger, telemetry, router.on_child_message,
+                                   router.on_child_ready)
         runtime.start()
         child = runtime.ready_child(time.monotonic() + TIMEOUT)
         reply = child.call(tool_call("add", "x", a=1, b=2), time.monotonic() + TIMEOUT)
