@@ -7,6 +7,7 @@ processes (tests/fake_mcp_server.py) and talks to it over real sockets. Waits ar
 from __future__ import annotations
 
 import http.client
+import http.server
 import json
 import os
 import plistlib
@@ -637,7 +638,7 @@ class HttpFrontTest(unittest.TestCase):
         cls.addClassCleanup(function, *args)
 
     def test_every_path_and_method_needs_the_token(self):
-        for path in ("/health", "/servers", "/rpc", "/fake/rpc", "/nope/rpc", "/", "/anything"):
+        for path in ("/health", "/servers", "/metrics", "/rpc", "/fake/rpc", "/nope/rpc", "/", "/anything"):
             for method in ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "TRACE", "PROPFIND"):
                 for token in (None, "wrong-token"):
                     with self.subTest(path=path, method=method, token=token):
@@ -1462,3 +1463,350 @@ class IsolationTest(unittest.TestCase):
         McpClient(gateway, "own")  # room for another
         self.assertEqual(gateway.stop(), 0)
         wait_for(lambda: process_gone(pids[1]["pid"]), what="every child to stop")
+
+
+# Telemetry: OTEL_* settings, OTLP/HTTP JSON export, trace context, Prometheus ------------------------------------
+
+class TelemetryUnitTest(unittest.TestCase):
+    def test_traceparent(self):
+        cases = [("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", ("0af7651916cd43dd8448eb211c80319c",
+                                                                               "b7ad6b7169203331", True)),
+                 ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00", ("0af7651916cd43dd8448eb211c80319c",
+                                                                               "b7ad6b7169203331", False)),
+                 (" 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01 ", ("0af7651916cd43dd8448eb211c80319c",
+                                                                                 "b7ad6b7169203331", True)),
+                 ("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra", ("0af7651916cd43dd8448eb211c80319c",
+                                                                                     "b7ad6b7169203331", True)),
+                 ("00-00000000000000000000000000000000-b7ad6b7169203331-01", None),
+                 ("00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01", None),
+                 ("ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", None),
+                 ("00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01", None),
+                 ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra", None),
+                 ("garbage", None), ("", None), (None, None), (5, None)]
+        for value, expected in cases:
+            with self.subTest(value=value):
+                context = gw.parse_traceparent(value)
+                self.assertEqual(context and (context.trace_id, context.span_id, context.sampled), expected)
+        context = gw.parse_traceparent(cases[0][0])
+        self.assertEqual(context.traceparent(), cases[0][0])
+
+    def test_sampler(self):
+        sampled, unsampled = gw.SpanContext("a" * 32, "b" * 16, True), gw.SpanContext("a" * 32, "b" * 16, False)
+        low, high = "0" * 16 + "0" * 15 + "1", "0" * 16 + "f" * 16
+        cases = [("always_on", 1.0, None, low, True), ("always_off", 1.0, sampled, low, False),
+                 ("traceidratio", 0.5, None, low, True), ("traceidratio", 0.5, None, high, False),
+                 ("traceidratio", 0.0, None, low, False), ("parentbased_always_on", 1.0, unsampled, low, False),
+                 ("parentbased_always_on", 1.0, None, low, True), ("parentbased_always_off", 1.0, sampled, low, True),
+                 ("parentbased_always_off", 1.0, None, low, False), ("parentbased_traceidratio", 0.5, None, high, False),
+                 ("parentbased_traceidratio", 0.5, sampled, high, True)]
+        for sampler, ratio, parent, trace_id, expected in cases:
+            with self.subTest(sampler=sampler, parent=parent and parent.sampled, trace_id=trace_id):
+                self.assertEqual(gw.should_sample(sampler, ratio, parent, trace_id), expected)
+
+    def test_settings_from_the_standard_variables(self):
+        settings = gw.TelemetrySettings({
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "collector:4318/", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "https://m.example/x",
+            "OTEL_EXPORTER_OTLP_HEADERS": "api-key=a%20b,x-team=gw", "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "x-team=t",
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "2500", "OTEL_SERVICE_NAME": "my-gw",
+            "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=lab,service.name=ignored",
+            "OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.25", "OTEL_BSP_SCHEDULE_DELAY": "100",
+            "OTEL_BSP_MAX_QUEUE_SIZE": "10", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "5", "OTEL_METRIC_EXPORT_INTERVAL": "1000"})
+        self.assertEqual(settings.endpoints, {"traces": "http://collector:4318/v1/traces", "metrics": "https://m.example/x"})
+        self.assertEqual(settings.headers["traces"], {"api-key": "a b", "x-team": "t"})
+        self.assertEqual(settings.headers["metrics"], {"api-key": "a b", "x-team": "gw"})
+        self.assertEqual((settings.timeouts["traces"], settings.sampler, settings.ratio), (2.5, "traceidratio", 0.25))
+        self.assertEqual((settings.schedule_delay_s, settings.max_queue, settings.max_batch, settings.metric_interval_s),
+                         (0.1, 10, 5, 1.0))
+        resource = settings.resource()
+        self.assertEqual((resource["service.name"], resource["deployment.environment"], resource["service.version"]),
+                         ("my-gw", "lab", gw.VERSION))
+        for key in ("host.name", "os.type", "process.pid"):
+            self.assertIn(key, resource)
+        self.assertEqual(settings.warnings, [])
+
+    def test_settings_table(self):
+        cases = [
+            ({}, {}, 0),
+            ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://h:4318/v1/traces"}, {"traces": "http://h:4318/v1/traces"}, 0),
+            ({"OTEL_EXPORTER_OTLP_ENDPOINT": "localhost:4317"},
+             {"traces": "http://localhost:4317/v1/traces", "metrics": "http://localhost:4317/v1/metrics"}, 2),
+            ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://h:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
+             {"traces": "http://h:4318/v1/traces", "metrics": "http://h:4318/v1/metrics"}, 2),
+            ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://h:4318", "OTEL_SDK_DISABLED": "true"}, {}, 0),
+            ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://h:4318", "OTEL_TRACES_SAMPLER": "sometimes",
+              "OTEL_BSP_SCHEDULE_DELAY": "soon"}, {"traces": "http://h:4318/v1/traces", "metrics": "http://h:4318/v1/metrics"}, 2),
+        ]
+        for environ, endpoints, warnings in cases:
+            with self.subTest(environ=environ):
+                settings = gw.TelemetrySettings(environ)
+                self.assertEqual(settings.endpoints, endpoints)
+                self.assertEqual(len(settings.warnings), warnings, settings.warnings)
+        grpc = gw.TelemetrySettings({"OTEL_EXPORTER_OTLP_ENDPOINT": "localhost:4317"}).warnings[0]
+        self.assertIn("OTLP/HTTP with JSON bodies (usually port 4318)", grpc)
+        self.assertIn("OTEL_EXPORTER_OTLP_ENDPOINT=http://HOST:4318", grpc)
+
+    def test_otlp_encoding(self):
+        self.assertEqual(gw.otlp_attributes({"s": "x", "i": 5, "f": 0.5, "b": True, "l": ["a", 1], "none": None}), [
+            {"key": "s", "value": {"stringValue": "x"}}, {"key": "i", "value": {"intValue": "5"}},
+            {"key": "f", "value": {"doubleValue": 0.5}}, {"key": "b", "value": {"boolValue": True}},
+            {"key": "l", "value": {"arrayValue": {"values": [{"stringValue": "a"}, {"intValue": "1"}]}}}])
+        meter = gw.Meter()
+        for value in (0.003, 0.2, 20.0):
+            meter.http_duration.record(value, (("http.route", "/health"),))
+        meter.sessions.record(1, (("server", "a"),))
+        meter.sessions.record(-1, (("server", "a"),))
+        body = gw.otlp_metrics({"service.name": "x"}, {"name": "s"}, meter, 123)
+        metrics = {m["name"]: m for m in body["resourceMetrics"][0]["scopeMetrics"][0]["metrics"]}
+        point = metrics["http.server.request.duration"]["histogram"]["dataPoints"][0]
+        self.assertEqual(metrics["http.server.request.duration"]["histogram"]["aggregationTemporality"], 2)
+        self.assertEqual((point["count"], point["min"], point["max"], point["timeUnixNano"]), ("3", 0.003, 20.0, "123"))
+        self.assertEqual(point["bucketCounts"], ["1"] + ["0"] * 5 + ["1"] + ["0"] * 7 + ["1"])
+        self.assertEqual(len(point["bucketCounts"]), len(point["explicitBounds"]) + 1)
+        self.assertEqual(metrics["host_mcp_gateway.sessions.active"]["sum"]["isMonotonic"], False)
+        self.assertEqual(metrics["host_mcp_gateway.sessions.active"]["sum"]["dataPoints"][0]["asInt"], "0")
+
+    def test_prometheus_names_and_text(self):
+        meter = gw.Meter()
+        self.assertEqual([gw.prometheus_name(i) for i in meter.instruments], [
+            "http_server_request_duration_seconds", "mcp_server_operation_duration_seconds",
+            "mcp_client_operation_duration_seconds", "host_mcp_gateway_requests_total",
+            "host_mcp_gateway_child_restarts_total", "host_mcp_gateway_telemetry_dropped_total",
+            "host_mcp_gateway_sessions_active", "host_mcp_gateway_calls_in_flight"])
+        meter.http_duration.record(0.02, (("http.route", '/a"b\\c'),))
+        meter.http_duration.record(0.3, (("http.route", '/a"b\\c'),))
+        meter.requests.record(2, (("outcome", "ok"),))
+        text = gw.prometheus_text(meter)
+        self.assertIn('http_server_request_duration_seconds_bucket{http_route="/a\\"b\\\\c",le="0.01"} 0\n', text)
+        self.assertIn('http_server_request_duration_seconds_bucket{http_route="/a\\"b\\\\c",le="0.025"} 1\n', text)
+        self.assertIn('http_server_request_duration_seconds_bucket{http_route="/a\\"b\\\\c",le="+Inf"} 2\n', text)
+        self.assertIn('http_server_request_duration_seconds_count{http_route="/a\\"b\\\\c"} 2\n', text)
+        self.assertIn('host_mcp_gateway_requests_total{outcome="ok"} 2\n', text)
+        self.assertIn("# TYPE host_mcp_gateway_sessions_active gauge\n", text)
+
+    def test_retry_after(self):
+        for header, attempt, delay in [("3", 0, 3.0), (None, 0, 0.5), (None, 2, 2.0), ("Wed, 21 Oct 2015", 1, 1.0)]:
+            with self.subTest(header=header, attempt=attempt):
+                self.assertEqual(gw._retry_after(header, attempt), delay)
+
+    def test_log_lines_never_carry_secrets(self):
+        lines = []
+        logger = gw.Logger(stream=type("Sink", (), {"write": lines.append, "flush": lambda self: None})())
+        logger.info("event", Authorization="Bearer " + TOKEN, token=TOKEN, auth_token=TOKEN, env={"K": "v"}, ok=1)
+        record = json.loads(lines[0])
+        self.assertNotIn(TOKEN, lines[0])
+        self.assertEqual((record["Authorization"], record["token"], record["env"], record["ok"]),
+                         ("[redacted]", "[redacted]", "[redacted]", 1))
+
+
+class FakeCollector:
+    """An OTLP/HTTP receiver on port 0 that records what arrives; it can answer with an error a few times first,
+    or hang without answering."""
+
+    def __init__(self, testcase, fail_first=0, fail_status=503, hang=False):
+        self.requests = []
+        self.fail_first = fail_first
+        self.fail_status = fail_status
+        self.hang = hang
+        self.release = threading.Event()
+        self._cond = threading.Condition()
+        collector = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if collector.hang:
+                    collector.release.wait(TIMEOUT)
+                    return
+                with collector._cond:
+                    failing = collector.fail_first > 0
+                    collector.fail_first -= failing
+                    headers = {key.lower(): value for key, value in self.headers.items()}
+                    collector.requests.append((self.path, headers, json.loads(body), failing))
+                    collector._cond.notify_all()
+                self.send_response(collector.fail_status if failing else 200)
+                self.send_header("Retry-After", "0")
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args):
+                pass
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        testcase.addCleanup(self.close)
+        self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
+
+    def close(self):
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(TIMEOUT)
+
+    def wait_for(self, predicate, what):
+        deadline = time.monotonic() + TIMEOUT
+        with self._cond:
+            while True:
+                found = [r for r in self.requests if predicate(r)]
+                if found:
+                    return found
+                if time.monotonic() > deadline:
+                    raise AssertionError("the collector got no " + what)
+                self._cond.wait(deadline - time.monotonic())
+
+    def spans(self):
+        with self._cond:
+            return [span for path, _, body, failing in self.requests if path == "/v1/traces" and not failing
+                    for resource in body["resourceSpans"] for scope in resource["scopeSpans"] for span in scope["spans"]]
+
+
+def attributes_of(item):
+    return {a["key"]: list(a["value"].values())[0] for a in item.get("attributes", [])}
+
+
+class TelemetryExportTest(unittest.TestCase):
+    def start_gateway(self, environ, servers=None, **overrides):
+        saved = {key: os.environ.get(key) for key in environ}
+        os.environ.update(environ)  # the gateway process inherits them
+        try:
+            return GatewayProcess(self, base_config(servers or [fake_server()], **overrides))
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    del os.environ[key]
+                else:
+                    os.environ[key] = value
+
+    def otel_env(self, collector, **extra):
+        environ = {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "OTEL_BSP_SCHEDULE_DELAY": "50",
+                   "OTEL_METRIC_EXPORT_INTERVAL": "200", "OTEL_EXPORTER_OTLP_HEADERS": "api-key=s3cret%20key"}
+        environ.update(extra)
+        return environ
+
+    def test_traces_follow_the_request_into_the_child(self):
+        collector = FakeCollector(self)
+        gateway = self.start_gateway(self.otel_env(collector, OTEL_SERVICE_NAME="gw-under-test"))
+        gateway.wait_state("fake", "ready")
+        incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        status, reply = gateway.call("fake", tool_call("echo", 1, text="traced"), headers={"traceparent": incoming})
+        self.assertEqual(status, 200)
+        child_saw = gw.parse_traceparent(reply["result"]["structuredContent"]["meta"]["traceparent"])
+        self.assertEqual(child_saw.trace_id, "0af7651916cd43dd8448eb211c80319c")
+        collector.wait_for(lambda r: r[0] == "/v1/traces" and any(
+            s["name"] == "tools/call echo" for rs in r[2]["resourceSpans"] for ss in rs["scopeSpans"] for s in ss["spans"]),
+            "client span")
+        spans = {span["name"]: span for span in collector.spans()}
+        server, client = spans["POST /{server_id}/rpc"], spans["tools/call echo"]
+        self.assertEqual((server["kind"], client["kind"]), (2, 3))
+        self.assertEqual((server["traceId"], server["parentSpanId"]), ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"))
+        self.assertEqual((client["traceId"], client["parentSpanId"]), (server["traceId"], server["spanId"]))
+        self.assertEqual(child_saw.span_id, client["spanId"])
+        self.assertTrue(len(server["traceId"]) == 32 and len(server["spanId"]) == 16)
+        self.assertLessEqual(int(client["startTimeUnixNano"]), int(client["endTimeUnixNano"]))
+        server_attributes, client_attributes = attributes_of(server), attributes_of(client)
+        self.assertEqual((server_attributes["http.request.method"], server_attributes["http.route"],
+                          server_attributes["http.response.status_code"], server_attributes["client.address"]),
+                         ("POST", "/{server_id}/rpc", "200", "127.0.0.1"))
+        self.assertEqual((client_attributes["mcp.method.name"], client_attributes["gen_ai.tool.name"],
+                          client_attributes["jsonrpc.request.id"]), ("tools/call", "echo", "1"))
+        path, headers, body, _ = collector.requests[0]
+        self.assertEqual(headers["content-type"], "application/json")
+        self.assertEqual(headers["api-key"], "s3cret key")
+        resource = attributes_of(body[next(iter(body))][0]["resource"])
+        self.assertEqual((resource["service.name"], resource["service.version"]), ("gw-under-test", gw.VERSION))
+        self.assertTrue(any(s["name"] == "start fake" and attributes_of(s)["process.pid"] for s in spans.values()))
+        record = gateway.wait_log(lambda r: r.get("event") == "http_request" and r.get("path") == "/fake/rpc")
+        self.assertEqual((record["trace_id"], record["span_id"]), (server["traceId"], server["spanId"]))
+
+    def test_meta_traceparent_continues_the_trace_and_errors_mark_spans(self):
+        collector = FakeCollector(self)
+        gateway = self.start_gateway(self.otel_env(collector), request_timeout_ms=300)
+        gateway.wait_state("fake", "ready")
+        meta = {"traceparent": "00-11111111111111111111111111111111-2222222222222222-01"}
+        gateway.call("fake", rpc("tools/call", {"name": "hang", "arguments": {}, "_meta": meta}, 4))
+        collector.wait_for(lambda r: any(s["name"] == "tools/call hang" for rs in r[2].get("resourceSpans", [])
+                                         for ss in rs["scopeSpans"] for s in ss["spans"]), "hang span")
+        spans = {span["name"]: span for span in collector.spans()}
+        server, client = spans["POST /{server_id}/rpc"], spans["tools/call hang"]
+        self.assertEqual((server["traceId"], server["parentSpanId"]), ("1" * 32, "2" * 16))
+        self.assertEqual((client["status"]["code"], attributes_of(client)["error.type"]), (2, "timeout"))
+        self.assertEqual(server["status"]["code"], 2)  # answered 504
+
+    def test_metrics_arrive_cumulative_and_match_prometheus(self):
+        collector = FakeCollector(self)
+        gateway = self.start_gateway(self.otel_env(collector))
+        gateway.wait_state("fake", "ready")
+        for n in range(3):
+            gateway.tool("add", request_id=n, a=n, b=1)
+
+        def histogram_count(request):
+            for resource in request[2].get("resourceMetrics", []):
+                for scope in resource["scopeMetrics"]:
+                    for metric in scope["metrics"]:
+                        if metric["name"] == "mcp.client.operation.duration":
+                            return sum(int(p["count"]) for p in metric["histogram"]["dataPoints"]
+                                       if attributes_of(p).get("gen_ai.tool.name") == "add")
+            return 0
+        found = collector.wait_for(lambda r: r[0] == "/v1/metrics" and histogram_count(r) >= 3, "three add calls")
+        metric_names = {m["name"] for rm in found[0][2]["resourceMetrics"] for sm in rm["scopeMetrics"] for m in sm["metrics"]}
+        self.assertLessEqual({"http.server.request.duration", "mcp.server.operation.duration",
+                              "host_mcp_gateway.requests", "host_mcp_gateway.calls.in_flight"}, metric_names)
+        status, response, text = gateway.request("GET", "/metrics")
+        self.assertEqual((status, response.getheader("Content-Type")), (200, "text/plain; version=0.0.4"))
+        text = text.decode()
+        self.assertRegex(text, r'mcp_client_operation_duration_seconds_count\{[^}]*gen_ai_tool_name="add"[^}]*\} 3\n')
+        self.assertRegex(text, r'http_server_request_duration_seconds_bucket\{[^}]*le="\+Inf"\} \d+\n')
+        self.assertIn('host_mcp_gateway_calls_in_flight{host_mcp_gateway_server_id="fake"} 0\n', text)
+
+    def test_retries_after_503_then_delivers(self):
+        collector = FakeCollector(self, fail_first=2)
+        gateway = self.start_gateway(self.otel_env(collector, OTEL_METRIC_EXPORT_INTERVAL="60000"))
+        gateway.wait_state("fake", "ready")
+        collector.wait_for(lambda r: r[0] == "/v1/traces" and not r[3], "a delivered batch")
+        self.assertEqual([r[3] for r in collector.requests[:3]], [True, True, False])
+
+    def test_a_hung_or_absent_collector_changes_nothing_for_clients(self):
+        for name, make_url in (("hung", lambda: FakeCollector(self, hang=True).url), ("absent", unused_port_url)):
+            with self.subTest(collector=name):
+                gateway = self.start_gateway({"OTEL_EXPORTER_OTLP_ENDPOINT": make_url(), "OTEL_BSP_SCHEDULE_DELAY": "20",
+                                              "OTEL_METRIC_EXPORT_INTERVAL": "20", "OTEL_EXPORTER_OTLP_TIMEOUT": "300"})
+                gateway.wait_state("fake", "ready")
+                threads_before = thread_count(gateway.proc.pid)
+                slowest = 0.0
+                for n in range(40):
+                    started = time.monotonic()
+                    self.assertEqual(gateway.call("fake", rpc("ping", None, n))[0], 200)
+                    slowest = max(slowest, time.monotonic() - started)
+                self.assertLess(slowest, 0.25)  # export attempts take 300 ms each; no request waits on one
+                gateway.wait_log(lambda r: r.get("event") == "telemetry_export_failing")
+                self.assertLessEqual(thread_count(gateway.proc.pid), threads_before + 1)
+                self.assertEqual(gateway.stop(), 0)
+                failing = [r for r in gateway.logs if r.get("event") == "telemetry_export_failing"]
+                self.assertLessEqual(len(failing), 2, failing)  # one per signal and outage, not one per batch
+
+    def test_grpc_port_is_warned_about_and_disabled_sdk_exports_nothing(self):
+        collector = FakeCollector(self)
+        gateway = self.start_gateway({"OTEL_EXPORTER_OTLP_ENDPOINT": "localhost:4317"})
+        warning = gateway.wait_log(lambda r: r.get("event") == "telemetry_setting")
+        self.assertIn("usually port 4318", warning["message"])
+        quiet = self.start_gateway(dict(self.otel_env(collector), OTEL_SDK_DISABLED="true"))
+        quiet.wait_state("fake", "ready")
+        quiet.call("fake", rpc("ping"))
+        self.assertEqual(quiet.stop(), 0)
+        self.assertEqual(collector.requests, [])
+        self.assertFalse(any("trace_id" in r for r in quiet.logs))
+
+
+def unused_port_url():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return "http://127.0.0.1:%d" % probe.getsockname()[1]
+
+
+def thread_count(pid):
+    """Threads of a process (Linux), or 0 where /proc is missing."""
+    try:
+        return len(os.listdir("/proc/%d/task" % pid))
+    except FileNotFoundError:
+        return 0
