@@ -115,7 +115,7 @@ class Gateway:
     """A gateway process on port 0 fronting `servers` (config entries), with a fresh token. Cleanup stops it with
     SIGTERM: it must exit 0, and every process its children started must be gone."""
 
-    def __init__(self, testcase, servers, **settings):
+    def __init__(self, testcase, servers, env=None, **settings):
         self.token = secrets.token_hex(32)
         folder = tempfile.mkdtemp(prefix="hmg-interop-")
         testcase.addCleanup(shutil.rmtree, folder, True)
@@ -128,7 +128,8 @@ class Gateway:
         self.logs = []
         self._cond = threading.Condition()  # guards self.logs
         self.proc = subprocess.Popen([sys.executable, GATEWAY, "-config", config_path], stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     env=dict(os.environ, **(env or {})))
         self._reader = threading.Thread(target=self._read_logs, daemon=True)
         self._reader.start()
         testcase.addCleanup(self.stop)
