@@ -778,18 +778,19 @@ NO_SPAN = _NoSpan()
 class Instrument:
     """A metric with cumulative points per attribute set: a histogram (bounds given) or a sum."""
 
-    def __init__(self, name, unit, description, bounds=None, monotonic=True):
+    def __init__(self, name, unit, description, bounds=None, monotonic=True, observe=None):
         self.name = name
         self.unit = unit
         self.description = description
         self.bounds = bounds
         self.monotonic = monotonic
+        self.observe = observe  # for a gauge read when collected: () -> [(attributes tuple, value)]
         self._lock = threading.Lock()
         self._points = {}  # attribute items (a tuple) -> [bucket counts..., sum, count, min, max] or [value]
 
     def record(self, value, attributes=()):
         """Adds `value` (a sum's increment, or a histogram's measurement) to the point for `attributes`."""
-        key = tuple(attributes)
+        key = attributes if type(attributes) is tuple else tuple(attributes)
         with self._lock:
             point = self._points.get(key)
             if self.bounds is None:
@@ -805,6 +806,8 @@ class Instrument:
 
     def points(self):
         """[(attributes dict, point list)], a consistent copy."""
+        if self.observe is not None:
+            return [(dict(key), [value]) for key, value in self.observe()]
         with self._lock:
             return [(dict(key), list(point)) for key, point in self._points.items()]
 
@@ -828,8 +831,10 @@ class Meter:
                                   "Spans and metric exports dropped because a queue was full or a collector failed.")
         self.sessions = Instrument("host_mcp_gateway.sessions.active", "{session}", "MCP sessions open.",
                                    monotonic=False)
+        # Read when collected, from the children's own tables: counting each call in and out would cost the
+        # request path for a number nobody reads until the next export or scrape.
         self.calls = Instrument("host_mcp_gateway.calls.in_flight", "{call}", "Calls waiting for a child's answer.",
-                                monotonic=False)
+                                monotonic=False, observe=lambda: [])
         self.instruments = [self.http_duration, self.server_operation, self.client_operation, self.requests,
                             self.restarts, self.dropped, self.sessions, self.calls]
 
@@ -1952,7 +1957,6 @@ class Ticket:
         self._received = received  # when the gateway got the request
         self._sent = now()  # when it went to the child
         self._done = False
-        telemetry.meter.calls.record(1, attributes[1:2])
 
     def next(self, deadline, tick=None):
         """An Interim message, the final response, or None after `tick` seconds (see ChildProcess.wait_call)."""
@@ -1989,7 +1993,6 @@ class Ticket:
         meter = self._telemetry.meter
         meter.client_operation.record(ended - self._sent, attributes + (("network.transport", "pipe"),))
         meter.server_operation.record(ended - self._received, attributes + (("network.transport", "tcp"),))
-        meter.calls.record(-1, self._attributes[1:2])
         if error_type:
             self._span.set("error.type", error_type)
             self._span.fail(message or error_type)
@@ -2107,10 +2110,11 @@ class Router:
         """Sends a request to the child under a CLIENT span whose context the child gets in params._meta."""
         received = now()
         attributes = mcp_attributes(message, runtime.server_id, session)
-        span = self._telemetry.start_span(mcp_span_name(attributes), SPAN_CLIENT, dict(
-            attributes, **{"jsonrpc.request.id": str(message["id"]), "network.transport": "pipe",
-                           "mcp.session.id": session.label if session else None}))
-        if span.context is not None:
+        span = NO_SPAN
+        if self._telemetry.tracing:
+            span = self._telemetry.start_span(mcp_span_name(attributes), SPAN_CLIENT, dict(
+                attributes, **{"jsonrpc.request.id": str(message["id"]), "network.transport": "pipe",
+                               "mcp.session.id": session.label if session else None}))
             message = with_meta(message, traceparent=span.context.traceparent())
         while True:
             try:
@@ -2703,12 +2707,14 @@ class HttpFront:
                 raise GatewayError("client address %s is not in allowed_clients" % conn.client, 403,
                                    "forbidden_client", close=True)
             request = parse_head(head)
-            span = _active.span = self.telemetry.start_span(request.method, SPAN_SERVER, {
-                "http.request.method": request.method if request.method in HTTP_METHODS else "_OTHER",
-                "url.path": request.path, "url.scheme": "http", "client.address": conn.client,
-                "network.protocol.version": "%d.%d" % request.version,
-                "user_agent.original": request.headers.get("user-agent")},
-                parse_traceparent(request.headers.get("traceparent")))
+            if self.telemetry.tracing:
+                span = self.telemetry.start_span(request.method, SPAN_SERVER, {
+                    "http.request.method": request.method if request.method in HTTP_METHODS else "_OTHER",
+                    "url.path": request.path, "url.scheme": "http", "client.address": conn.client,
+                    "network.protocol.version": "%d.%d" % request.version,
+                    "user_agent.original": request.headers.get("user-agent")},
+                    parse_traceparent(request.headers.get("traceparent")))
+            _active.span = span
             conn.response_headers, conn.streamed = [], False
             if not request.keep_alive:
                 conn.close = True
@@ -3037,12 +3043,22 @@ class Gateway:
                                                        self.router.on_child_message, self.router.on_child_ready)
                          for spec in config.servers}
         self.front = HttpFront(config, logger, self.runtimes, self.router, self.telemetry)
+        self.telemetry.meter.calls.observe = self._calls_in_flight
         self._httpd = None
         self._accept_thread = None
 
     @property
     def port(self):
         return self._httpd.server_address[1]
+
+    def _calls_in_flight(self):
+        """Calls each server's children are working on, for the host_mcp_gateway.calls.in_flight gauge."""
+        points = []
+        for server_id, runtime in self.runtimes.items():
+            children = [runtime.child] + [private.child for private in list(runtime.private.values())]
+            count = sum(len(child.calls_in_flight()) for child in children if child is not None)
+            points.append(((("host_mcp_gateway.server_id", server_id),), count))
+        return points
 
     def start(self):
         """Listens, then starts autostart servers. Raises OSError when the address cannot be bound."""
