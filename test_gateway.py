@@ -1810,3 +1810,25 @@ def thread_count(pid):
         return len(os.listdir("/proc/%d/task" % pid))
     except FileNotFoundError:
         return 0
+
+
+class StuckChildTest(unittest.TestCase):
+    def test_a_child_that_stops_reading_holds_up_nobody_else(self):
+        gateway = GatewayProcess(self, base_config([fake_server("stuck"), fake_server("other")],
+                                                   request_timeout_ms=1000))
+        gateway.wait_state("stuck", "ready")
+        gateway.wait_state("other", "ready")
+        self.assertEqual(gateway.tool("stop_reading", "stuck", seconds=30)["content"][0]["text"], "stopped reading")
+        text = "x" * (512 * 1024)  # eight of these are far more than a pipe holds
+        with ThreadPoolExecutor(8) as pool:
+            started = time.monotonic()
+            stuck = [pool.submit(gateway.call, "stuck", tool_call("echo", n, text=text)) for n in range(8)]
+            for _ in range(5):
+                asked = time.monotonic()
+                self.assertEqual(gateway.call("other", rpc("ping"))[0], 200)
+                self.assertLess(time.monotonic() - asked, 0.5)
+            results = [future.result(TIMEOUT) for future in stuck]
+        self.assertLess(time.monotonic() - started, 5)  # each ended at its own timeout, none hung on the pipe
+        for status, reply in results:
+            self.assertEqual((status, reply["error"]["data"]["error_code"]), (504, "timeout"))
+        self.assertEqual(gateway.request("GET", "/health")[0], 200)

@@ -32,6 +32,7 @@ Tools (tools/call):
   ask {method, params?, timeout?}  server-to-client request, answers with the response
   received {}                 recorded notifications and subscriptions
   spawn_grandchild {}         starts `sleep 1000`, answers with its pid
+  stop_reading {seconds}      answers, then reads nothing more from stdin for that long
 Unknown tools give -32602 "unknown tool: X".
 """
 from __future__ import annotations
@@ -110,6 +111,7 @@ TOOLS = [
      _obj({"method": _S, "params": _O, "timeout": _N}, ("method",))),
     ("received", "Report recorded notifications and subscriptions.", _obj({})),
     ("spawn_grandchild", "Start a long-running child process.", _obj({})),
+    ("stop_reading", "Stop reading stdin for a while.", _obj({"seconds": _N}, ("seconds",))),
 ]
 
 
@@ -178,6 +180,10 @@ def call_tool(params: dict) -> dict | None:
             data = {"notifications": list(_notifications),
                     "subscriptions": list(_subscriptions)}
         return text_result("received", data)
+    if name == "stop_reading":
+        with _state:
+            _counters["reading_resumes_at"] = time.monotonic() + float(args["seconds"])
+        return text_result("stopped reading")
     if name == "spawn_grandchild":
         child = subprocess.Popen(["sleep", "1000"])
         return text_result(str(child.pid), {"pid": child.pid})
@@ -270,6 +276,8 @@ def main() -> None:
     for line in sys.stdin.buffer:
         if line.strip():
             dispatch(line)
+        while time.monotonic() < _counters.get("reading_resumes_at", 0):  # stop_reading
+            time.sleep(0.05)
     with _out_lock:  # no half-written line; daemon threads die with the process
         sys.stdout.flush()
     os._exit(0)
