@@ -122,6 +122,12 @@ def bad_request(message, error_code="bad_request", close=False):
     return GatewayError(message, 400, error_code, JSONRPC_INVALID_REQUEST, close=close)
 
 
+def session_required(server_id):
+    return GatewayError("server %s gives each session a child of its own: initialize a session first, on "
+                        "/%s/rpc" % (server_id, server_id), 400, "session_required", JSONRPC_INVALID_REQUEST,
+                        server_id=server_id)
+
+
 def unavailable(server_id, message):
     return GatewayError(message, 503, "server_unavailable", JSONRPC_SERVER_ERROR, server_id=server_id)
 
@@ -471,6 +477,9 @@ def validate_config(raw, path=None):
                 errors.append("%sserver_id: %s" % (where, problem))
             elif isinstance(raw_server["server_id"], str):
                 seen.add(raw_server["server_id"])
+        if server_values["isolation"] == "session" and server_values["autostart"] is True:
+            errors.append('%sautostart: must be false with isolation "session": each session starts its own '
+                          'child' % where)
         servers.append(ServerSpec(server_values))
     if _check_string_list(values["allowed_clients"]) is None:
         for index, entry in enumerate(values["allowed_clients"]):
@@ -1208,9 +1217,10 @@ def with_progress_token(message, token):
 
 
 class ChildProcess:
-    """One run of an MCP server on stdio. The gateway writes through one writer thread fed by a queue, so an
-    HTTP thread never blocks on a child that stops reading; stdout and stderr each have a reader thread, so a
-    full pipe never stalls the child. Requests get fresh gateway-owned ids; answers go back with the caller's."""
+    """One run of an MCP server on stdio. Writes go straight into its non-blocking stdin when the pipe has room,
+    else to a backlog that a writer thread sends as the child reads, so an HTTP thread never blocks on a child
+    that stops reading; stdout and stderr each have a reader thread, so a full pipe never stalls the child.
+    Requests get fresh gateway-owned ids; answers go back with the caller's."""
 
     def __init__(self, spec, logger, max_line_bytes, on_unsolicited):
         self.spec = spec
@@ -1812,6 +1822,8 @@ class Session:
         self._next_event_id = 1
         self.delivered_id = 0  # the last event id a GET stream wrote
         self.streaming = False  # a GET stream is open
+        self._holder = None  # the connection that holds it (anything with peer_closed())
+        self.stream_generation = 0  # bumped to tell a stream whose client has gone to end
 
     def touch(self):
         self.last_seen = now()
@@ -1829,23 +1841,38 @@ class Session:
                 self._event_bytes -= len(self._events.popleft()[1])
             self._cond.notify_all()
 
-    def open_stream(self):
+    def open_stream(self, holder):
+        """Claims the session's one GET stream for `holder`; False while another live one holds it. A holder whose
+        client is already gone gives way at once, so a reconnecting client need not wait for a keepalive."""
+        with self._cond:
+            previous = self._holder if self.streaming else None
+        if previous is not None and previous.peer_closed():  # looked at outside the lock: it touches a socket
+            with self._cond:
+                if self._holder is previous:
+                    self.stream_generation += 1
+                    self._cond.notify_all()
+                    deadline = now() + POLL_S * 2
+                    while self.streaming and now() < deadline:
+                        self._cond.wait(deadline - now())
         with self._cond:
             if self.streaming or self.closed:
                 return False
-            self.streaming = True
+            self.streaming, self._holder = True, holder
             return True
 
-    def close_stream(self):
+    def close_stream(self, holder):
         with self._cond:
-            self.streaming = False
+            if self._holder is holder:
+                self.streaming, self._holder = False, None
+                self._cond.notify_all()
         self.touch()  # idle time counts from the end of its stream
 
-    def next_events(self, after_id, timeout):
-        """Buffered events with ids above `after_id`, waiting up to `timeout` for one; [] on timeout or close."""
+    def next_events(self, after_id, timeout, generation):
+        """Buffered events with ids above `after_id`, waiting up to `timeout` for one; [] on timeout, on close, or
+        when the stream of `generation` has been replaced."""
         deadline = now() + timeout
         with self._cond:
-            while not self.closed:
+            while not self.closed and generation == self.stream_generation:
                 events = [event for event in self._events if event[0] > after_id]
                 if events:
                     return events
@@ -2096,6 +2123,9 @@ class Router:
             return self._subscription(message, deadline, session)
         if kind == REQUEST and method != "initialize":
             return self._forward_request(runtime, message, deadline, session)
+        if method == "initialize" and kind != REQUEST:
+            raise GatewayError("initialize must be a request, with an id", 400, "invalid_request",
+                               JSONRPC_INVALID_REQUEST, server_id=runtime.server_id)
         child = runtime.ready_child(deadline)
         if method == "initialize":
             self._record_local(message, mcp_attributes(message, runtime.server_id, session), received)
@@ -2826,6 +2856,8 @@ class HttpFront:
         if runtime is None:
             raise GatewayError("no server with server_id %r" % server_id, 404, "unknown_server",
                                server_id=server_id)
+        if runtime.spec.isolation == "session":
+            raise session_required(server_id)
         try:
             reply = self.router.dispatch(runtime, wrapper["payload"], self.deadline())
         except GatewayError as e:
@@ -2847,13 +2879,14 @@ class HttpFront:
         self._continue_trace(request, payload)
         runtime = self.runtimes[server_id]
         try:
-            if isinstance(payload, dict) and payload.get("method") in ("initialize", "server/discover"):
-                if payload["method"] == "initialize" and classify(payload)[0] == REQUEST:
-                    session, reply = self.router.open_session(runtime, payload, self.deadline())
-                    conn.send_json(200, reply, headers=[("Mcp-Session-Id", session.id)])
-                    return 200
-            else:
-                self._check_protocol_version(request)
+            method = payload.get("method") if isinstance(payload, dict) else None
+            if method == "initialize" and classify(payload)[0] == REQUEST:
+                session, reply = self.router.open_session(runtime, payload, self.deadline())
+                conn.send_json(200, reply, headers=[("Mcp-Session-Id", session.id)])
+                return 200
+            if method == "server/discover":  # the probe carries its own protocol version: answer it first
+                return self._answer(conn, request, runtime, payload, None)
+            self._check_protocol_version(request)
             session = self._session(request, runtime, server_id)
             target = session.runtime if session else runtime
             if isinstance(payload, list):
@@ -2886,8 +2919,7 @@ class HttpFront:
         session_id = request.headers.get("mcp-session-id")
         if session_id is None:
             if runtime.spec.isolation == "session":
-                raise GatewayError("server %s gives each session a child of its own: initialize first" %
-                                   server_id, 400, "session_required", JSONRPC_INVALID_REQUEST)
+                raise session_required(server_id)
             return None
         session = self.router.sessions.get(session_id, server_id)
         session.touch()
@@ -2919,7 +2951,7 @@ class HttpFront:
             outcome.finish("client_gone")  # no-op when the answer came; else the caller went away
 
     def _stream_or_send(self, conn, request, outcome, deadline, session):
-        wants_stream = "text/event-stream" in request.headers.get("accept", "")
+        wants_stream = "text/event-stream" in request.headers.get("accept", "").lower()
         keepalive = self.config.sse_keepalive_ms / 1000.0
         while True:
             try:
@@ -2957,14 +2989,15 @@ class HttpFront:
             session = self.router.open_stream_session(runtime, request.headers.get("mcp-protocol-version"))
         last_event_id = request.headers.get("last-event-id", "")
         cursor = int(last_event_id) if last_event_id.isdigit() else session.delivered_id
-        if not session.open_stream():
+        if not session.open_stream(conn):
             raise GatewayError("this session already has an open event stream", 409, "stream_conflict")
+        generation = session.stream_generation
         try:
             conn.start_stream(request, headers=[("Mcp-Session-Id", session.id)])
             keepalive = self.config.sse_keepalive_ms / 1000.0
             while not self.stopping.is_set():
-                events = session.next_events(cursor, keepalive)
-                if session.closed:
+                events = session.next_events(cursor, keepalive, generation)
+                if session.closed or generation != session.stream_generation:
                     break
                 for event_id, data in events:
                     conn.send_event(data, event_id)
@@ -2976,12 +3009,13 @@ class HttpFront:
                     conn.send_comment("keepalive")
             conn.end_stream()
         finally:
-            session.close_stream()
+            session.close_stream(conn)
         return 200
 
     def delete_mcp(self, conn, request, body, server_id):
         if request.headers.get("mcp-session-id") is None:
             raise GatewayError("DELETE ends a session: send its Mcp-Session-Id", 400, "session_required")
+        self._check_protocol_version(request)
         session = self._session(request, self.runtimes[server_id], server_id)
         self.router.close_session(session, "ended by its client")
         conn.send(204)

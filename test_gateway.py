@@ -279,6 +279,12 @@ class ConfigValidationTest(unittest.TestCase):
             ({"servers": [{"server_id": "a", "command": "x", "args": "-v"}]}, "servers[0].args: must be a list"),
             ({"servers": [{"server_id": "a", "command": "x", "autostart": "yes"}]}, "servers[0].autostart: must be true"),
             ({"servers": ["a"]}, "servers[0]: must be an object"),
+            ({"servers": [{"server_id": "a", "command": "x", "isolation": "session", "autostart": True}]},
+             'servers[0].autostart: must be false with isolation "session"'),
+            ({"servers": [{"server_id": "a", "command": "x", "isolation": "per-user"}]},
+             "servers[0].isolation: must be one of shared, session"),
+            ({"allowed_origins": ["http://ok:1", "https://x.example/path"]},
+             "allowed_origins: each entry must be an origin"),
             ({"servers": [{"server_id": ["a"], "command": "x"}]}, "servers[0].server_id: must be a string"),
             ({"allowed_clients": ["localhost", 7]}, "allowed_clients: must be a list of strings"),
         ]
@@ -903,7 +909,8 @@ class BridgeTest(unittest.TestCase):
             with self.subTest(message=message):
                 status, reply = self.gateway.call("fake", message)
                 self.assertEqual((status, reply["id"], reply["error"]["code"]), (400, request_id, -32600))
-        for message in (1, "text", None, {"jsonrpc": "2.0", "id": [1], "method": "ping"}, {"jsonrpc": "2.0"}):
+        for message in (1, "text", None, {"jsonrpc": "2.0", "id": [1], "method": "ping"}, {"jsonrpc": "2.0"},
+                        {"jsonrpc": "2.0", "method": "initialize"}):
             with self.subTest(message=message):
                 status, reply = self.gateway.call("fake", message)
                 self.assertEqual((status, reply["error"]["error_code"]), (400, "invalid_request"))
@@ -1278,7 +1285,9 @@ class SessionTest(unittest.TestCase):
         keepalive = read_sse(first, until=lambda m: m == ":keepalive")
         self.assertEqual(keepalive[-1], (None, ":keepalive"))  # sse_keepalive_ms is 200 here
         hang_up(first)
-        hang_up(reopen_stream(client))
+        again = client.open_stream()  # the old stream's client is gone: it gives way without a keepalive
+        self.assertEqual(again.status, 200)
+        hang_up(again)
 
     def test_replay_after_last_event_id(self):
         client = self.client()
@@ -1445,7 +1454,8 @@ class RestartInvisibleTest(unittest.TestCase):
 
 class IsolationTest(unittest.TestCase):
     def test_each_session_gets_its_own_child(self):
-        gateway = GatewayProcess(self, base_config([fake_server("own", isolation="session", max_children=2)]))
+        gateway = GatewayProcess(self, base_config([fake_server("own", isolation="session", max_children=2,
+                                                                autostart=False)]))
         first, second = McpClient(gateway, "own"), McpClient(gateway, "own")
         pids = [client.call("pid")["structuredContent"] for client in (first, second)]
         self.assertNotEqual(pids[0]["pid"], pids[1]["pid"])
@@ -1457,6 +1467,10 @@ class IsolationTest(unittest.TestCase):
         self.assertIn("too_many_children", str(caught.exception))
         status, reply = gateway.call("own", rpc("ping"))
         self.assertEqual((status, reply["error"]["data"]["error_code"]), (400, "session_required"))
+        status, _, body = gateway.request("POST", "/rpc", {"server_id": "own", "payload": rpc("ping")})
+        self.assertEqual((status, body["error"]["error_code"]), (400, "session_required"))
+        status, reply = gateway.call("own", rpc("server/discover", {}, "probe"))
+        self.assertEqual((status, reply["error"]["code"]), (200, -32601))
         self.assertEqual(first.delete(), 204)
         wait_for(lambda: process_gone(pids[0]["pid"]), what="the session's child to stop")
         self.assertEqual(len(gateway.servers()["own"]["children"]), 1)
@@ -1655,6 +1669,18 @@ class FakeCollector:
                     raise AssertionError("the collector got no " + what)
                 self._cond.wait(deadline - time.monotonic())
 
+    def wait_spans(self, *names):
+        """The exported spans by name, once every one of `names` has arrived."""
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            spans = {span["name"]: span for span in self.spans()}
+            if all(name in spans for name in names):
+                return spans
+            if time.monotonic() > deadline:
+                raise AssertionError("the collector got no spans named %s; got %s" % (names, sorted(spans)))
+            with self._cond:
+                self._cond.wait(0.1)
+
     def spans(self):
         with self._cond:
             return [span for path, _, body, failing in self.requests if path == "/v1/traces" and not failing
@@ -1693,10 +1719,7 @@ class TelemetryExportTest(unittest.TestCase):
         self.assertEqual(status, 200)
         child_saw = gw.parse_traceparent(reply["result"]["structuredContent"]["meta"]["traceparent"])
         self.assertEqual(child_saw.trace_id, "0af7651916cd43dd8448eb211c80319c")
-        collector.wait_for(lambda r: r[0] == "/v1/traces" and any(
-            s["name"] == "tools/call echo" for rs in r[2]["resourceSpans"] for ss in rs["scopeSpans"] for s in ss["spans"]),
-            "client span")
-        spans = {span["name"]: span for span in collector.spans()}
+        spans = collector.wait_spans("POST /{server_id}/rpc", "tools/call echo", "start fake")
         server, client = spans["POST /{server_id}/rpc"], spans["tools/call echo"]
         self.assertEqual((server["kind"], client["kind"]), (2, 3))
         self.assertEqual((server["traceId"], server["parentSpanId"]), ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"))
@@ -1725,9 +1748,7 @@ class TelemetryExportTest(unittest.TestCase):
         gateway.wait_state("fake", "ready")
         meta = {"traceparent": "00-11111111111111111111111111111111-2222222222222222-01"}
         gateway.call("fake", rpc("tools/call", {"name": "hang", "arguments": {}, "_meta": meta}, 4))
-        collector.wait_for(lambda r: any(s["name"] == "tools/call hang" for rs in r[2].get("resourceSpans", [])
-                                         for ss in rs["scopeSpans"] for s in ss["spans"]), "hang span")
-        spans = {span["name"]: span for span in collector.spans()}
+        spans = collector.wait_spans("POST /{server_id}/rpc", "tools/call hang")
         server, client = spans["POST /{server_id}/rpc"], spans["tools/call hang"]
         self.assertEqual((server["traceId"], server["parentSpanId"]), ("1" * 32, "2" * 16))
         self.assertEqual((client["status"]["code"], attributes_of(client)["error.type"]), (2, "timeout"))
