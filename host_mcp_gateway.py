@@ -988,26 +988,26 @@ class TelemetrySettings:
         self.disabled = get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
         base = get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
         self.endpoints, self.headers, self.timeouts = {}, {}, {}
-        for signal in ("traces", "metrics"):
-            upper = signal.upper()
+        for kind in ("traces", "metrics"):
+            upper = kind.upper()
             own = get("OTEL_EXPORTER_OTLP_%s_ENDPOINT" % upper, "").strip()
             if own:
-                self.endpoints[signal] = _endpoint_url(own)
+                self.endpoints[kind] = _endpoint_url(own)
             elif base:
-                self.endpoints[signal] = _endpoint_url(base).rstrip("/") + "/v1/" + signal
+                self.endpoints[kind] = _endpoint_url(base).rstrip("/") + "/v1/" + kind
             headers = _parse_key_values(get("OTEL_EXPORTER_OTLP_HEADERS"))
             headers.update(_parse_key_values(get("OTEL_EXPORTER_OTLP_%s_HEADERS" % upper)))
-            self.headers[signal] = headers
+            self.headers[kind] = headers
             timeout = _env_number(environ, "OTEL_EXPORTER_OTLP_TIMEOUT", 10000, self.warnings, 1)
-            self.timeouts[signal] = _env_number(environ, "OTEL_EXPORTER_OTLP_%s_TIMEOUT" % upper, timeout,
+            self.timeouts[kind] = _env_number(environ, "OTEL_EXPORTER_OTLP_%s_TIMEOUT" % upper, timeout,
                                                 self.warnings, 1) / 1000.0
             protocol = get("OTEL_EXPORTER_OTLP_%s_PROTOCOL" % upper) or get("OTEL_EXPORTER_OTLP_PROTOCOL", "")
-            port = urllib.parse.urlsplit(self.endpoints.get(signal, "")).port if signal in self.endpoints else None
-            if signal in self.endpoints and (protocol.strip() in ("grpc", "http/protobuf") or port == 4317):
+            port = urllib.parse.urlsplit(self.endpoints.get(kind, "")).port if kind in self.endpoints else None
+            if kind in self.endpoints and (protocol.strip() in ("grpc", "http/protobuf") or port == 4317):
                 self.warnings.append(
                     "%s: this gateway exports OTLP/HTTP with JSON bodies (usually port 4318), not %s; set "
                     "OTEL_EXPORTER_OTLP_ENDPOINT=http://HOST:4318 and OTEL_EXPORTER_OTLP_PROTOCOL=http/json" % (
-                        self.endpoints[signal], protocol.strip() or "gRPC on port 4317"))
+                        self.endpoints[kind], protocol.strip() or "gRPC on port 4317"))
         self.service_name = get("OTEL_SERVICE_NAME", "").strip() or None
         self.resource_attributes = _parse_key_values(get("OTEL_RESOURCE_ATTRIBUTES"))
         self.sampler = get("OTEL_TRACES_SAMPLER", "parentbased_always_on").strip().lower()
@@ -1132,24 +1132,24 @@ class Telemetry:
             if not self._post("metrics", body, deadline):
                 self.meter.dropped.record(1, (("signal", "metrics"), ("reason", "export_failed")))
 
-    def _post(self, signal, body, deadline):
+    def _post(self, kind, body, deadline):
         """One export with retries on 429/502/503/504 and network errors (after Retry-After when given), within
         `deadline`. Logs once when a collector starts failing and once when it recovers."""
-        url = self.settings.endpoints[signal]
+        url = self.settings.endpoints[kind]
         data = json_bytes(body)
-        headers = dict(self.settings.headers[signal], **{"Content-Type": "application/json"})
+        headers = dict(self.settings.headers[kind], **{"Content-Type": "application/json"})
         problem = None
         for attempt in range(EXPORT_ATTEMPTS):
-            timeout = min(self.settings.timeouts[signal], deadline - now())
+            timeout = min(self.settings.timeouts[kind], deadline - now())
             if timeout <= 0:
                 break
             try:
                 with urllib.request.urlopen(urllib.request.Request(url, data, headers, method="POST"),
                                             timeout=timeout) as response:
                     response.read()
-                if signal in self._failing:
-                    self._failing.discard(signal)
-                    self._log.info("telemetry_export_recovered", signal=signal, url=url)
+                if kind in self._failing:
+                    self._failing.discard(kind)
+                    self._log.info("telemetry_export_recovered", signal=kind, url=url)
                 return True
             except urllib.error.HTTPError as e:
                 problem = "HTTP %d" % e.code
@@ -1162,9 +1162,9 @@ class Telemetry:
             if delay >= deadline - now():
                 break
             self._stop.wait(delay)
-        if signal not in self._failing:
-            self._failing.add(signal)
-            self._log.warning("telemetry_export_failing", signal=signal, url=url, problem=problem,
+        if kind not in self._failing:
+            self._failing.add(kind)
+            self._log.warning("telemetry_export_failing", signal=kind, url=url, problem=problem,
                               note="requests are unaffected; this is logged once until the collector recovers")
         return False
 

@@ -31,8 +31,8 @@ TOKEN = "test-token-0123456789abcdef0123456789abcdef"
 TIMEOUT = 10.0  # every blocking call in a test gives up after this, so a failure is quick and clear
 
 
-def wait_for(predicate, timeout=TIMEOUT, what="condition"):
-    """Polls `predicate` until it returns something true, or fails the test after `timeout`."""
+def wait_for(predicate, what="a condition", timeout=TIMEOUT):
+    """Polls `predicate` until it returns something true, and returns that; fails the test after `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -171,7 +171,7 @@ class GatewayProcess:
 
     def wait_state(self, server_id, state, timeout=TIMEOUT):
         return wait_for(lambda: self.servers()[server_id]["state"] == state and self.servers()[server_id],
-                        timeout, "server %s to be %s" % (server_id, state))
+                        "server %s to be %s" % (server_id, state), timeout)
 
     def stop(self, signum=signal.SIGTERM, timeout=TIMEOUT):
         self.proc.send_signal(signum)
@@ -1658,7 +1658,7 @@ class FakeCollector:
         self.server.server_close()
         self.thread.join(TIMEOUT)
 
-    def wait_for(self, predicate, what):
+    def wait_for_request(self, predicate, what):
         deadline = time.monotonic() + TIMEOUT
         with self._cond:
             while True:
@@ -1680,6 +1680,11 @@ class FakeCollector:
                 raise AssertionError("the collector got no spans named %s; got %s" % (names, sorted(spans)))
             with self._cond:
                 self._cond.wait(0.1)
+
+    def bodies(self, path):
+        """The bodies delivered to `path` (failed deliveries left out)."""
+        with self._cond:
+            return [body for request_path, _, body, failing in self.requests if request_path == path and not failing]
 
     def spans(self):
         with self._cond:
@@ -1769,7 +1774,7 @@ class TelemetryExportTest(unittest.TestCase):
                             return sum(int(p["count"]) for p in metric["histogram"]["dataPoints"]
                                        if attributes_of(p).get("gen_ai.tool.name") == "add")
             return 0
-        found = collector.wait_for(lambda r: r[0] == "/v1/metrics" and histogram_count(r) >= 3, "three add calls")
+        found = collector.wait_for_request(lambda r: r[0] == "/v1/metrics" and histogram_count(r) >= 3, "three add calls")
         metric_names = {m["name"] for rm in found[0][2]["resourceMetrics"] for sm in rm["scopeMetrics"] for m in sm["metrics"]}
         self.assertLessEqual({"http.server.request.duration", "mcp.server.operation.duration",
                               "host_mcp_gateway.requests", "host_mcp_gateway.calls.in_flight"}, metric_names)
@@ -1784,7 +1789,7 @@ class TelemetryExportTest(unittest.TestCase):
         collector = FakeCollector(self, fail_first=2)
         gateway = self.start_gateway(self.otel_env(collector, OTEL_METRIC_EXPORT_INTERVAL="60000"))
         gateway.wait_state("fake", "ready")
-        collector.wait_for(lambda r: r[0] == "/v1/traces" and not r[3], "a delivered batch")
+        collector.wait_for_request(lambda r: r[0] == "/v1/traces" and not r[3], "a delivered batch")
         self.assertEqual([r[3] for r in collector.requests[:3]], [True, True, False])
 
     def test_a_hung_or_absent_collector_changes_nothing_for_clients(self):

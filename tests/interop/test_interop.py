@@ -37,6 +37,8 @@ import threading
 import time
 import unittest
 
+from test_gateway import wait_for
+
 try:
     import anyio
     import httpx2
@@ -65,18 +67,6 @@ needs_conformance = unittest.skipUnless(CONFORMANCE, "HMG_CONFORMANCE_DIR unset"
 
 
 # Processes ------------------------------------------------------------------------------------------------------
-
-def wait_for(predicate, what, timeout=TIMEOUT, interval=0.05):
-    """Polls `predicate` until it returns something true, and returns that; fails after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out after %.0f s waiting for %s" % (timeout, what))
-        time.sleep(interval)
-
 
 def live_group_members(pgid):
     """Pids of the processes in group `pgid` that are still running (zombies are not). Children of the gateway
@@ -134,7 +124,7 @@ class Gateway:
         self._reader.start()
         testcase.addCleanup(self.stop)
         self.port = self.wait_log("listening")["port"]
-        wait_for(lambda: self.request("GET", "/health")[0] == 200, "every server to be ready")
+        wait_for(lambda: self.request("GET", "/health")[0] == 200, "every server to be ready", TIMEOUT)
 
     def _read_logs(self):
         for line in self.proc.stderr:
@@ -207,7 +197,7 @@ class Gateway:
         if code != 0:
             raise AssertionError("the gateway exited with %s after SIGTERM; log:\n%s" % (code, self.log_tail()))
         for pid in pids:
-            wait_for(lambda: not live_group_members(pid), "the processes of child %d to end" % pid)
+            wait_for(lambda: not live_group_members(pid), "the processes of child %d to end" % pid, TIMEOUT)
 
 
 # Servers the gateway fronts (config entries) -------------------------------------------------------------------
@@ -490,7 +480,7 @@ class SdkSessionsTest(unittest.TestCase):
                 def restarted():
                     now = self.gateway.servers()["everything"]
                     return now["state"] == "ready" and now["pid"] not in (None, old["pid"]) and now
-                new = await anyio.to_thread.run_sync(lambda: wait_for(restarted, "the child's restart"))
+                new = await anyio.to_thread.run_sync(lambda: wait_for(restarted, "the child's restart", TIMEOUT))
                 self.assertEqual(new["restart_count"], old["restart_count"] + 1)
                 self.assertEqual(text_of(await session.call_tool("echo", {"message": "after"})), "Echo: after")
         run_async(kill_child_mid_session)
@@ -541,7 +531,7 @@ class ConformanceSuiteTest(unittest.TestCase):
                     return "exited"
                 with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
                     return "listening"
-            if wait_for(accepting, "inject_proxy.py to listen") == "listening":
+            if wait_for(accepting, "inject_proxy.py to listen", TIMEOUT) == "listening":
                 return port
         self.fail("inject_proxy.py could not listen: %s" % proxy.stderr.read().decode("utf-8", "replace"))
 

@@ -8,14 +8,13 @@ hex into base64, as the OTLP specification describes, before `json_format.Parse`
 from __future__ import annotations
 
 import base64
-import http.server
 import json
 import os
 import sys
-import threading
 import unittest
 
-from tests.interop.test_interop import REPO, TIMEOUT, VENV, Gateway, wait_for
+from test_gateway import FakeCollector, wait_for
+from tests.interop.test_interop import REPO, TIMEOUT, VENV, Gateway
 
 try:
     from google.protobuf import json_format
@@ -38,45 +37,10 @@ def with_base64_ids(value):
     return value
 
 
-class Collector:
-    """Records every OTLP/HTTP body (path, parsed JSON) posted to it."""
-
-    def __init__(self, testcase):
-        self.bodies = []
-        self._lock = threading.Lock()
-        bodies, lock = self.bodies, self._lock
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                data = self.rfile.read(int(self.headers["Content-Length"]))
-                with lock:
-                    bodies.append((self.path, self.headers["Content-Type"], json.loads(data)))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        testcase.addCleanup(self.close)
-        self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(TIMEOUT)
-
-    def of(self, path):
-        with self._lock:
-            return [body for body_path, _, body in self.bodies if body_path == path]
-
-
 @unittest.skipUnless(json_format is not None and VENV, "HMG_INTEROP_VENV unset or opentelemetry-proto missing")
 class OtlpProtoTest(unittest.TestCase):
     def test_exported_bodies_parse_as_otlp_protobuf(self):
-        collector = Collector(self)
+        collector = FakeCollector(self)
         gateway = Gateway(self, [{"server_id": "fake", "command": sys.executable, "args": [FAKE_SERVER],
                                   "autostart": True}],
                           env={"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "OTEL_BSP_SCHEDULE_DELAY": "50",
@@ -90,12 +54,12 @@ class OtlpProtoTest(unittest.TestCase):
 
         def parsed_spans():
             spans = []
-            for body in collector.of("/v1/traces"):
+            for body in collector.bodies("/v1/traces"):
                 request = json_format.Parse(json.dumps(with_base64_ids(body)), ExportTraceServiceRequest())
                 spans += [span for resource in request.resource_spans for scope in resource.scope_spans
                           for span in scope.spans]
             return len([s for s in spans if s.name == "tools/call add"]) == 3 and spans
-        spans = wait_for(parsed_spans, "three tools/call spans")
+        spans = wait_for(parsed_spans, "three tools/call spans", TIMEOUT)
         by_id = {span.span_id: span for span in spans}
         for span in spans:
             self.assertEqual((len(span.trace_id), len(span.span_id)), (16, 8))
@@ -107,14 +71,14 @@ class OtlpProtoTest(unittest.TestCase):
             self.assertEqual(server.parent_span_id.hex(), "00f067aa0ba902b7")
 
         def parsed_metrics():
-            for body in reversed(collector.of("/v1/metrics")):
+            for body in reversed(collector.bodies("/v1/metrics")):
                 request = json_format.Parse(json.dumps(with_base64_ids(body)), ExportMetricsServiceRequest())
                 metrics = {m.name: m for r in request.resource_metrics for s in r.scope_metrics for m in s.metrics}
                 client = metrics.get("mcp.client.operation.duration")
                 if client and sum(p.count for p in client.histogram.data_points) >= 3:
                     return metrics
             return None
-        metrics = wait_for(parsed_metrics, "metrics with three client operations")
+        metrics = wait_for(parsed_metrics, "metrics with three client operations", TIMEOUT)
         for name in ("http.server.request.duration", "mcp.server.operation.duration", "mcp.client.operation.duration"):
             histogram = metrics[name].histogram
             self.assertEqual(histogram.aggregation_temporality, 2)  # cumulative
