@@ -695,6 +695,24 @@ def run_load(wrk, workdir, target, connections, duration):
 
 # 3./4. One target from start to stop --------------------------------------------------------------------------
 
+IDLE_SESSIONS = 1000  # opened after the load to price one idle MCP session
+
+
+def session_cost_kib(target):
+    """RSS added per idle MCP session: IDLE_SESSIONS initialize requests on one connection, nothing after."""
+    body = dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {"roots": {}}, "clientInfo": {"name": "bench", "version": "1"}}})
+    request = http_request_bytes(target.port, target.path, body, target.headers)
+    before = rss_kib(target.proc.pid)
+    with connect(target.port) as sock:
+        buf = bytearray()
+        for _ in range(IDLE_SESSIONS):
+            status, _, _ = exchange(sock, request, buf)
+            if status != 200:
+                raise RuntimeError("initialize answered %d" % status)
+    return (rss_kib(target.proc.pid) - before) / IDLE_SESSIONS
+
+
 def measure_target(make_target, args, wrk, workdir, say):
     target = make_target()
     try:
@@ -710,6 +728,9 @@ def measure_target(make_target, args, wrk, workdir, say):
         time.sleep(1.0)  # the load's connections close and their threads end
         out["rss_after_kib"] = rss_kib(pid)
         out["rss_peak_kib"] = rss_kib(pid, "VmHWM")
+        if isinstance(target, GatewayTarget):
+            say("%s: %d idle sessions" % (target.name, IDLE_SESSIONS))
+            out["rss_per_idle_session_kib"] = session_cost_kib(target)
         return out
     finally:
         target.stop()
@@ -789,6 +810,9 @@ def print_table(results):
     for name, r in targets:
         print("  %-20s %9s %12s %7s" % (name, mib(r["rss_idle_kib"]), mib(r["rss_after_kib"]),
                                         mib(r["rss_peak_kib"])))
+    if gw.get("rss_per_idle_session_kib") is not None:
+        print("  host-mcp-gateway RSS per idle MCP session: %.1f KiB (%d sessions opened)" % (
+            gw["rss_per_idle_session_kib"], IDLE_SESSIONS))
     if results.get("reference_skipped"):
         print("\nreference skipped: " + results["reference_skipped"])
     if direct["median_ms"] > SLOW_WAKEUP_MS:
