@@ -108,6 +108,7 @@ class GatewayError(Exception):
         self.request_id = request_id
         self.close = close  # the connection cannot be reused (unread body, broken framing)
         self.headers = tuple(headers)
+        self.rpc_request_id = None  # when set, the caller speaks JSON-RPC: answer with an error for this id
 
     def body(self):
         error = {"error_code": self.error_code, "message": self.message}
@@ -672,6 +673,7 @@ RETRYABLE_EXPORT_STATUSES = (429, 502, 503, 504)  # OTLP/HTTP: retry these, afte
 EXPORT_ATTEMPTS = 3
 SHUTDOWN_FLUSH_S = 1.0  # the last export at stop; keeps a gateway stop under 5 s even with a hung collector
 _TRACEPARENT_RE = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+OVERFLOW_ATTRIBUTES = (("otel.metric.overflow", True),)
 _ids = random.Random()  # trace and span ids need to be unique, not secret: no os.urandom per request
 
 
@@ -753,7 +755,7 @@ class Span:
 
     def reparent(self, parent):
         """Continues a trace learned after the span began (params._meta); only before it has children."""
-        self.context = SpanContext(parent.trace_id, self.context.span_id, parent.sampled)
+        self.context = SpanContext(parent.trace_id, self.context.span_id, self._tracer.sample(parent, parent.trace_id))
         self.parent_id = parent.span_id
 
     def end(self):
@@ -786,6 +788,7 @@ NO_SPAN = _NoSpan()
 
 class Instrument:
     """A metric with cumulative points per attribute set: a histogram (bounds given) or a sum."""
+    MAX_POINTS = 2000  # the OpenTelemetry SDKs' default cardinality limit
 
     def __init__(self, name, unit, description, bounds=None, monotonic=True, observe=None):
         self.name = name
@@ -798,10 +801,15 @@ class Instrument:
         self._points = {}  # attribute items (a tuple) -> [bucket counts..., sum, count, min, max] or [value]
 
     def record(self, value, attributes=()):
-        """Adds `value` (a sum's increment, or a histogram's measurement) to the point for `attributes`."""
+        """Adds `value` (a sum's increment, or a histogram's measurement) to the point for `attributes`. Past
+        MAX_POINTS attribute sets, new ones share one overflow point, as OpenTelemetry SDKs do: clients choose
+        method and tool names, and must not grow the gateway's memory without end."""
         key = attributes if type(attributes) is tuple else tuple(attributes)
         with self._lock:
             point = self._points.get(key)
+            if point is None and len(self._points) >= self.MAX_POINTS:
+                key = OVERFLOW_ATTRIBUTES
+                point = self._points.get(key)
             if self.bounds is None:
                 self._points[key] = [value + (point[0] if point else 0)]
                 return
@@ -987,27 +995,36 @@ class TelemetrySettings:
         get = environ.get
         self.disabled = get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
         base = get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+        timeout = _env_number(environ, "OTEL_EXPORTER_OTLP_TIMEOUT", 10000, self.warnings, 1)
         self.endpoints, self.headers, self.timeouts = {}, {}, {}
         for kind in ("traces", "metrics"):
             upper = kind.upper()
-            own = get("OTEL_EXPORTER_OTLP_%s_ENDPOINT" % upper, "").strip()
-            if own:
-                self.endpoints[kind] = _endpoint_url(own)
-            elif base:
-                self.endpoints[kind] = _endpoint_url(base).rstrip("/") + "/v1/" + kind
             headers = _parse_key_values(get("OTEL_EXPORTER_OTLP_HEADERS"))
             headers.update(_parse_key_values(get("OTEL_EXPORTER_OTLP_%s_HEADERS" % upper)))
             self.headers[kind] = headers
-            timeout = _env_number(environ, "OTEL_EXPORTER_OTLP_TIMEOUT", 10000, self.warnings, 1)
             self.timeouts[kind] = _env_number(environ, "OTEL_EXPORTER_OTLP_%s_TIMEOUT" % upper, timeout,
-                                                self.warnings, 1) / 1000.0
-            protocol = get("OTEL_EXPORTER_OTLP_%s_PROTOCOL" % upper) or get("OTEL_EXPORTER_OTLP_PROTOCOL", "")
-            port = urllib.parse.urlsplit(self.endpoints.get(kind, "")).port if kind in self.endpoints else None
-            if kind in self.endpoints and (protocol.strip() in ("grpc", "http/protobuf") or port == 4317):
+                                              self.warnings, 1) / 1000.0
+            own = get("OTEL_EXPORTER_OTLP_%s_ENDPOINT" % upper, "").strip()
+            url = _endpoint_url(own) if own else _endpoint_url(base).rstrip("/") + "/v1/" + kind if base else None
+            exporter = get("OTEL_%s_EXPORTER" % upper, "otlp").strip().lower()
+            if url is None or self.disabled or exporter == "none":
+                continue
+            if exporter != "otlp":
+                self.warnings.append("OTEL_%s_EXPORTER=%s: this gateway only exports otlp; %s stay off" % (
+                    upper, exporter, kind))
+                continue
+            try:
+                port = urllib.parse.urlsplit(url).port
+            except ValueError:
+                self.warnings.append("%s is not a valid endpoint URL (its port); %s stay off" % (url, kind))
+                continue
+            self.endpoints[kind] = url
+            protocol = (get("OTEL_EXPORTER_OTLP_%s_PROTOCOL" % upper) or get("OTEL_EXPORTER_OTLP_PROTOCOL", "")).strip()
+            if protocol in ("grpc", "http/protobuf") or port == 4317:
                 self.warnings.append(
                     "%s: this gateway exports OTLP/HTTP with JSON bodies (usually port 4318), not %s; set "
                     "OTEL_EXPORTER_OTLP_ENDPOINT=http://HOST:4318 and OTEL_EXPORTER_OTLP_PROTOCOL=http/json" % (
-                        self.endpoints[kind], protocol.strip() or "gRPC on port 4317"))
+                        url, protocol or "gRPC on port 4317"))
         self.service_name = get("OTEL_SERVICE_NAME", "").strip() or None
         self.resource_attributes = _parse_key_values(get("OTEL_RESOURCE_ATTRIBUTES"))
         self.sampler = get("OTEL_TRACES_SAMPLER", "parentbased_always_on").strip().lower()
@@ -1021,8 +1038,6 @@ class TelemetrySettings:
         self.max_batch = int(_env_number(environ, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512, self.warnings, 1))
         self.metric_interval_s = _env_number(environ, "OTEL_METRIC_EXPORT_INTERVAL", 60000, self.warnings,
                                              1) / 1000.0
-        if self.disabled:
-            self.endpoints = {}
 
     def resource(self):
         attributes = {"host.name": socket.gethostname(), "os.type": platform.system().lower(),
@@ -1077,9 +1092,11 @@ class Telemetry:
             current = current_span()
             parent = current.context if current is not None else None
         trace_id = parent.trace_id if parent else "%032x" % _ids.getrandbits(128)
-        sampled = should_sample(self.settings.sampler, self.settings.ratio, parent, trace_id)
-        context = SpanContext(trace_id, "%016x" % _ids.getrandbits(64), sampled)
+        context = SpanContext(trace_id, "%016x" % _ids.getrandbits(64), self.sample(parent, trace_id))
         return Span(self, name, kind, context, parent.span_id if parent else None, attributes)
+
+    def sample(self, parent, trace_id):
+        return should_sample(self.settings.sampler, self.settings.ratio, parent, trace_id)
 
     def export(self, span, end_ns):
         with self._lock:
@@ -1169,11 +1186,17 @@ class Telemetry:
         return False
 
 
-def _retry_after(header, attempt):
-    """Seconds to wait before retrying an export: Retry-After when it gives seconds, else 0.5, 1, 2..."""
-    if header and header.strip().isdigit():
-        return float(header.strip())
-    return 0.5 * 2 ** attempt
+def _retry_after(header, attempt, now_s=None):
+    """Seconds to wait before retrying an export: what Retry-After says (seconds or an HTTP date), else 0.5, 1,
+    2..."""
+    header = (header or "").strip()
+    if header.isdigit():
+        return float(header)
+    try:
+        when = email.utils.parsedate_to_datetime(header).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return 0.5 * 2 ** attempt
+    return max(0.0, when - (time.time() if now_s is None else now_s))
 
 
 # § 7 Child process ---------------------------------------------------------------------------------------------------
@@ -2154,6 +2177,7 @@ class Router:
                 if e.error_code == "server_exited":
                     continue  # it died before the call reached it: wait for the restart like any later call
                 self._record_local(message, attributes, received, e.error_code)
+                span.set("error.type", e.error_code)
                 span.fail(e.message)
                 span.end()
                 raise
@@ -2238,6 +2262,7 @@ class Router:
     def open_session(self, runtime, message, deadline):
         """A client's initialize: a new session, answered from the shared child's kept result, or, with isolation
         "session", by a child of the session's own that the client's handshake initializes."""
+        received = now()
         self.sessions.check_room()
         params = message.get("params") if isinstance(message.get("params"), dict) else {}
         session_id = secrets.token_urlsafe(24)
@@ -2258,6 +2283,7 @@ class Router:
         else:
             reply = result_reply(message, target.init_result)
         session.protocol_version = reply["result"].get("protocolVersion")
+        self._record_local(message, mcp_attributes(message, runtime.server_id, session), received)
         self._log.info("session_opened", server_id=runtime.server_id, session=session.label,
                        protocol_version=session.protocol_version, client_info=params.get("clientInfo"))
         return session, reply
@@ -2682,8 +2708,10 @@ class Connection(socketserver.BaseRequestHandler):
         self.send(status, json_bytes(value), "application/json", headers, keep_alive)
 
     def send_error(self, error):
-        """The one error funnel: every GatewayError becomes the gateway's error shape."""
-        self.send_json(error.http_status, error.body(), error.headers, keep_alive=not error.close)
+        """The one error funnel: every GatewayError becomes the gateway's error shape, or a JSON-RPC error for the
+        request it failed when the caller speaks JSON-RPC (its fields then go in error.data)."""
+        body = error.body() if error.rpc_request_id is None else rpc_error_from(error, error.rpc_request_id)
+        self.send_json(error.http_status, body, error.headers, keep_alive=not error.close)
 
     def send_continue(self):
         self.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -2894,12 +2922,9 @@ class HttpFront:
             else:
                 return self._answer(conn, request, target, payload, session)
         except GatewayError as e:
-            request_id = message_id(payload)
-            if request_id is None or e.error_code in ("session_not_found", "unsupported_protocol_version"):
-                raise
-            e.server_id = server_id
-            conn.send_json(e.http_status, rpc_error_from(e, request_id))
-            return e.http_status
+            if e.error_code not in ("session_not_found", "unsupported_protocol_version"):
+                e.rpc_request_id = message_id(payload)  # the HTTP-level refusals keep the gateway's shape
+            raise
         if reply is None:
             conn.send(202)
             return 202

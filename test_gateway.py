@@ -1549,6 +1549,14 @@ class TelemetryUnitTest(unittest.TestCase):
             ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://h:4318", "OTEL_SDK_DISABLED": "true"}, {}, 0),
             ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://h:4318", "OTEL_TRACES_SAMPLER": "sometimes",
               "OTEL_BSP_SCHEDULE_DELAY": "soon"}, {"traces": "http://h:4318/v1/traces", "metrics": "http://h:4318/v1/metrics"}, 2),
+            ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://h:4318", "OTEL_TRACES_EXPORTER": "none"},
+             {"metrics": "http://h:4318/v1/metrics"}, 0),
+            ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://h:4318", "OTEL_METRICS_EXPORTER": "prometheus"},
+             {"traces": "http://h:4318/v1/traces"}, 1),
+            ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://h:99999"}, {}, 2),
+            ({"OTEL_EXPORTER_OTLP_ENDPOINT": "localhost:4317", "OTEL_SDK_DISABLED": "true"}, {}, 0),
+            ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://h:4318", "OTEL_EXPORTER_OTLP_TIMEOUT": "never"},
+             {"traces": "http://h:4318/v1/traces", "metrics": "http://h:4318/v1/metrics"}, 1),
         ]
         for environ, endpoints, warnings in cases:
             with self.subTest(environ=environ):
@@ -1598,9 +1606,21 @@ class TelemetryUnitTest(unittest.TestCase):
         self.assertIn("# TYPE host_mcp_gateway_sessions_active gauge\n", text)
 
     def test_retry_after(self):
-        for header, attempt, delay in [("3", 0, 3.0), (None, 0, 0.5), (None, 2, 2.0), ("Wed, 21 Oct 2015", 1, 1.0)]:
+        date = "Wed, 21 Oct 2015 07:28:00 GMT"
+        cases = [("3", 0, 3.0), (None, 0, 0.5), (None, 2, 2.0), ("soon", 1, 1.0), (date, 0, 5.0), (date, 1, 0.0)]
+        for header, attempt, delay in cases:
             with self.subTest(header=header, attempt=attempt):
-                self.assertEqual(gw._retry_after(header, attempt), delay)
+                now_s = 1445412475.0 if attempt == 0 else 1445412490.0  # 5 s before that date, then 10 s after
+                self.assertEqual(gw._retry_after(header, attempt, now_s), delay)
+
+    def test_metric_series_are_capped(self):
+        instrument = gw.Instrument("x", "s", "d", (1.0,))
+        instrument.MAX_POINTS = 3
+        for n in range(10):
+            instrument.record(0.5, (("gen_ai.tool.name", "tool%d" % n),))
+        points = dict((tuple(sorted(a.items())), p) for a, p in instrument.points())
+        self.assertEqual(len(points), 4)
+        self.assertEqual(points[(("otel.metric.overflow", True),)][-3], 7)
 
     def test_log_lines_never_carry_secrets(self):
         lines = []
@@ -1757,7 +1777,20 @@ class TelemetryExportTest(unittest.TestCase):
         server, client = spans["POST /{server_id}/rpc"], spans["tools/call hang"]
         self.assertEqual((server["traceId"], server["parentSpanId"]), ("1" * 32, "2" * 16))
         self.assertEqual((client["status"]["code"], attributes_of(client)["error.type"]), (2, "timeout"))
-        self.assertEqual(server["status"]["code"], 2)  # answered 504
+        self.assertEqual((server["status"]["code"], server["status"]["message"]), (2, "timeout"))  # answered 504
+        text = gateway.request("GET", "/metrics")[2].decode()
+        self.assertIn('host_mcp_gateway_requests_total{http_route="/{server_id}/rpc",outcome="timeout"} 1\n', text)
+
+    def test_the_sampler_decides_for_traces_continued_from_meta(self):
+        collector = FakeCollector(self)
+        gateway = self.start_gateway(self.otel_env(collector, OTEL_TRACES_SAMPLER="always_off"))
+        gateway.wait_state("fake", "ready")
+        meta = {"traceparent": "00-11111111111111111111111111111111-2222222222222222-01"}
+        self.assertEqual(gateway.call("fake", rpc("tools/call", {"name": "add", "arguments": {"a": 1, "b": 2},
+                                                                 "_meta": meta}, 1))[0], 200)
+        collector.wait_for_request(lambda r: r[0] == "/v1/metrics" and "gen_ai.tool.name" in json.dumps(r[2]),
+                                   "metrics that include the call")
+        self.assertEqual(collector.bodies("/v1/traces"), [])
 
     def test_metrics_arrive_cumulative_and_match_prometheus(self):
         collector = FakeCollector(self)
