@@ -29,6 +29,7 @@ import argparse
 import bisect
 import difflib
 import email.utils
+import errno
 import hmac
 import http
 import ipaddress
@@ -39,6 +40,7 @@ import platform
 import queue
 import random
 import re
+import resource
 import secrets
 import select
 import shutil
@@ -74,12 +76,13 @@ MAX_HEAD_BYTES = 32 * 1024  # request line + headers; browsers and SDKs send wel
 MAX_HEADER_COUNT = 100  # http.server's own _MAXHEADERS
 STDERR_LOG_CHARS = 2000  # a child's stderr line longer than this is logged truncated
 STDERR_TAIL_LINES = 10  # the last lines of stderr quoted when a child exits
-CHILD_STOP_GRACE_S = 2.0  # SIGTERM to SIGKILL; keeps a whole gateway stop under 5 s
+CHILD_STOP_GRACE_S = 1.5  # SIGTERM to SIGKILL; keeps a whole gateway stop under 5 s
 CHILD_EXIT_SETTLE_S = 1.0  # after stdout closes, how long a child gets to exit by itself before it is stopped
 MAX_BACKOFF_S = 60.0  # restart backoff doubles up to this
 MIN_LOOP_DELAY_S = 0.1  # even with restart_backoff_ms 0, a crash loop never spins the CPU
 STABLE_AFTER_S = 30.0  # a child ready this long has recovered: the next failure starts the backoff over
-SHUTDOWN_GRACE_S = 2.0  # in-flight requests get this long to finish on SIGTERM
+SHUTDOWN_GRACE_S = 1.5  # in-flight requests get this long to finish on SIGTERM
+STOP_BUDGET_S = 4.5  # SIGTERM to exit, all steps together: the issue promises 5 s
 POLL_S = 0.5  # how often waiting threads look at their stop Event
 
 JSONRPC_PARSE_ERROR = -32700
@@ -231,7 +234,11 @@ class Logger:
 # Made once: json.dumps and json.loads build a new encoder or decoder on every call with options.
 _compact_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _log_json = json.JSONEncoder(ensure_ascii=False, default=str).encode
-_decode_json = json.JSONDecoder().decode
+def _no_constant(name):
+    raise ValueError("%s is not JSON" % name)
+
+
+_decode_json = json.JSONDecoder(parse_constant=_no_constant).decode  # NaN and Infinity are not JSON
 
 
 def json_bytes(value):
@@ -239,8 +246,11 @@ def json_bytes(value):
 
 
 def json_loads(data):
-    """Decodes a JSON text given as UTF-8 bytes. Raises ValueError."""
-    return _decode_json(data.decode("utf-8"))
+    """Decodes a JSON text given as UTF-8 bytes. Raises ValueError, also for nesting too deep to decode."""
+    try:
+        return _decode_json(data.decode("utf-8"))
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def describe_exit(returncode):
@@ -285,6 +295,21 @@ def _check_string(value):
 
 def _check_nonempty_string(value):
     return None if isinstance(value, str) and value.strip() else "must be a non-empty string"
+
+
+def _check_bind_host(value):
+    if isinstance(value, str) and value.strip() == "localhost":
+        return None
+    try:
+        ipaddress.ip_address(value.strip() if isinstance(value, str) else "")
+    except ValueError:
+        return "must be an IP address (127.0.0.1, ::1, 0.0.0.0, ::, a LAN address) or localhost"
+    return None
+
+
+def _check_clients(value):
+    problem = _check_string_list(value)
+    return problem or (None if value else "must name at least one client (localhost, an IP or a CIDR)")
 
 
 def _check_port(value):
@@ -349,10 +374,10 @@ class Field:
 
 
 CONFIG_FIELDS = {
-    "bind_host": Field("127.0.0.1", _check_nonempty_string, "address to listen on; IPv4 or IPv6, `::` for all"),
+    "bind_host": Field("127.0.0.1", _check_bind_host, "address to listen on; IPv4 or IPv6, `::` for all"),
     "bind_port": Field(DEFAULT_PORT, _check_port, "port to listen on; 0 picks a free one and logs it"),
     "auth_token": Field(Field.REQUIRED, _check_auth_token, "bearer token every request must carry (>= 32 chars)"),
-    "allowed_clients": Field(Field.REQUIRED, _check_string_list,
+    "allowed_clients": Field(Field.REQUIRED, _check_clients,
                              "client IPs or CIDRs allowed to connect; `localhost` = 127.0.0.0/8 and ::1"),
     "allowed_origins": Field([], _check_origins,
                              "browser Origins allowed (e.g. `http://localhost:6274`); others get 403"),
@@ -997,6 +1022,7 @@ class TelemetrySettings:
         base = get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
         timeout = _env_number(environ, "OTEL_EXPORTER_OTLP_TIMEOUT", 10000, self.warnings, 1)
         self.endpoints, self.headers, self.timeouts = {}, {}, {}
+        mismatched = []  # endpoints that look like gRPC or protobuf
         for kind in ("traces", "metrics"):
             upper = kind.upper()
             headers = _parse_key_values(get("OTEL_EXPORTER_OTLP_HEADERS"))
@@ -1021,10 +1047,12 @@ class TelemetrySettings:
             self.endpoints[kind] = url
             protocol = (get("OTEL_EXPORTER_OTLP_%s_PROTOCOL" % upper) or get("OTEL_EXPORTER_OTLP_PROTOCOL", "")).strip()
             if protocol in ("grpc", "http/protobuf") or port == 4317:
-                self.warnings.append(
-                    "%s: this gateway exports OTLP/HTTP with JSON bodies (usually port 4318), not %s; set "
-                    "OTEL_EXPORTER_OTLP_ENDPOINT=http://HOST:4318 and OTEL_EXPORTER_OTLP_PROTOCOL=http/json" % (
-                        url, protocol or "gRPC on port 4317"))
+                mismatched.append("%s (%s)" % (url, protocol or "gRPC on port 4317"))
+        if mismatched:  # one warning, however many signals it concerns
+            self.warnings.append(
+                "this gateway exports OTLP/HTTP with JSON bodies (usually port 4318), not what %s suggests; set "
+                "OTEL_EXPORTER_OTLP_ENDPOINT=http://HOST:4318 and OTEL_EXPORTER_OTLP_PROTOCOL=http/json" %
+                " and ".join(mismatched))
         self.service_name = get("OTEL_SERVICE_NAME", "").strip() or None
         self.resource_attributes = _parse_key_values(get("OTEL_RESOURCE_ATTRIBUTES"))
         self.sampler = get("OTEL_TRACES_SAMPLER", "parentbased_always_on").strip().lower()
@@ -1066,6 +1094,7 @@ class Telemetry:
         self._stop = threading.Event()
         self._failing = set()  # signals whose last export failed: one warning per outage
         self._thread = None
+        self._flush_s = SHUTDOWN_FLUSH_S  # how long the last export may take, set by stop()
 
     def start(self):
         for warning in self.settings.warnings:
@@ -1075,12 +1104,13 @@ class Telemetry:
             self._thread = threading.Thread(target=self._export_loop, name="telemetry-exporter", daemon=True)
             self._thread.start()
 
-    def stop(self):
-        """The last export, within SHUTDOWN_FLUSH_S."""
+    def stop(self, budget_s=SHUTDOWN_FLUSH_S):
+        """The last export, within `budget_s` (at most SHUTDOWN_FLUSH_S)."""
+        self._flush_s = min(budget_s, SHUTDOWN_FLUSH_S)
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
-            self._thread.join(timeout=SHUTDOWN_FLUSH_S + POLL_S)
+            self._thread.join(timeout=self._flush_s + 0.1)
 
     # Spans -----------------------------------------------------------------------------------------------------
 
@@ -1123,7 +1153,7 @@ class Telemetry:
                 if now() >= next_metrics:
                     self._export_metrics(now() + self.settings.timeouts["metrics"] * EXPORT_ATTEMPTS)
                     next_metrics = now() + self.settings.metric_interval_s
-            deadline = now() + SHUTDOWN_FLUSH_S
+            deadline = now() + self._flush_s
             self._export_spans(deadline)
             self._export_metrics(deadline)
         except Exception as e:
@@ -1775,7 +1805,11 @@ class ServerRuntime:
         while not child.stdout_closed.wait(POLL_S):
             if self._stop.is_set():
                 break
-        summary = child.exit_summary() if child.stdout_closed.is_set() else None
+            if child.process.poll() is not None:  # it exited, but a process it started still holds its stdout
+                child.fail_calls(GatewayError(child.exit_summary(), 502, "server_exited", JSONRPC_SERVER_ERROR,
+                                              server_id=self.server_id))
+                break
+        summary = child.exit_summary() if not self._stop.is_set() else None
         child.stop("the gateway is stopping" if self._stop.is_set() else "it exited")
         self._set(state="starting", child=None, _ready_since=None,
                   last_exit=describe_exit(child.process.returncode), last_error=summary)
@@ -1870,13 +1904,11 @@ class Session:
         with self._cond:
             previous = self._holder if self.streaming else None
         if previous is not None and previous.peer_closed():  # looked at outside the lock: it touches a socket
+            self.end_stream()
+            deadline = now() + POLL_S * 2
             with self._cond:
-                if self._holder is previous:
-                    self.stream_generation += 1
-                    self._cond.notify_all()
-                    deadline = now() + POLL_S * 2
-                    while self.streaming and now() < deadline:
-                        self._cond.wait(deadline - now())
+                while self.streaming and self._holder is previous and now() < deadline:
+                    self._cond.wait(deadline - now())
         with self._cond:
             if self.streaming or self.closed:
                 return False
@@ -1904,6 +1936,12 @@ class Session:
                     break
                 self._cond.wait(remaining)
             return []
+
+    def end_stream(self):
+        """Tells the open GET stream, if any, to end."""
+        with self._cond:
+            self.stream_generation += 1
+            self._cond.notify_all()
 
     def mark_delivered(self, event_id):
         with self._cond:
@@ -2077,6 +2115,11 @@ class Router:
     def start(self):
         self._reaper.start()
 
+    def end_streams(self):
+        """Ends every GET event stream (the gateway is stopping); sessions stay until stop()."""
+        for session in self.sessions.all():
+            session.end_stream()
+
     def stop(self):
         """Ends every session (their streams close) and the reaper thread."""
         self._stop.set()
@@ -2135,7 +2178,7 @@ class Router:
         if kind == RESPONSE:
             self._relay_response(message, session)
             return None
-        if method == "server/discover":
+        if method == "server/discover" and kind == REQUEST:
             # Revision 2026-07-28's probe. The gateway's sessions, relaying and restarts rest on the handshake,
             # so it steers every client to initialize: any error does that.
             self._record_local(message, mcp_attributes(message, runtime.server_id, session), received,
@@ -2270,10 +2313,11 @@ class Router:
         if runtime.spec.isolation == "session":
             target = ServerRuntime(runtime.spec, self._config, self._log, self._telemetry, self.on_child_message,
                                    self.on_child_ready, handshake_params=params)
-            runtime.adopt(session_id, target)
         session = Session(session_id, target, runtime, params)
-        self.sessions.add(session)
+        self.sessions.add(session)  # counted before any child starts: a full gateway starts none
         try:
+            if target is not runtime:
+                runtime.adopt(session_id, target)
             target.ready_child(deadline)
         except GatewayError:
             self.close_session(session, "its server did not start")
@@ -2444,6 +2488,7 @@ _REQUEST_LINE_RE = re.compile(rb"(" + _TCHAR + rb"+) ([!-~]+) HTTP/([0-9])\.([0-
 # (obsolete folding) or has whitespace before its colon fails here.
 _HEADER_BLOCK_RE = re.compile(rb"%s+:[^\r\n\x00]*(?:\r\n%s+:[^\r\n\x00]*)*" % (_TCHAR, _TCHAR))
 _CONTENT_LENGTH_RE = re.compile(r"[0-9]{1,15}\Z")
+_EVENT_ID_RE = re.compile(r"[0-9]{1,18}\Z")
 
 
 class Request:
@@ -2493,6 +2538,8 @@ def parse_head(head):
         raise bad_request("invalid Content-Length", close=True)
     if version == (1, 1) and "host" not in headers:
         raise bad_request("HTTP/1.1 requests need a Host header", close=True)
+    if "," in headers.get("host", ""):
+        raise bad_request("more than one Host header", close=True)
     tokens = {token.strip() for token in headers.get("connection", "").lower().split(",")}
     keep_alive = "close" not in tokens if version == (1, 1) else "keep-alive" in tokens
     if target.startswith(("http://", "https://")):  # absolute-form, which servers must accept
@@ -2584,6 +2631,7 @@ class Connection(socketserver.BaseRequestHandler):
         self.busy = False  # inside a request (shutdown gives these a grace)
         self.close = False  # the connection ends after the current response
         self.response_headers = []  # added to every response to the current request (CORS)
+        self.head = False  # the current request is a HEAD: responses carry no body
         self.streamed = False  # the current response is an event stream that has begun
         self._chunked = True  # an event stream is sent in chunks (HTTP/1.1) or ended by closing (HTTP/1.0)
         self._buffer = bytearray()
@@ -2657,7 +2705,7 @@ class Connection(socketserver.BaseRequestHandler):
         return body
 
     def send(self, status, body=b"", content_type="application/json", headers=(), keep_alive=True):
-        """Sends a whole response in one write."""
+        """Sends a whole response in one write (its head only, for a HEAD request)."""
         if not keep_alive:
             self.close = True
         lines = ["HTTP/1.1 %d %s" % (status, _REASONS[status]), "Server: " + SERVER_HEADER,
@@ -2667,7 +2715,7 @@ class Connection(socketserver.BaseRequestHandler):
         lines.extend("%s: %s" % header for header in list(headers) + self.response_headers)
         if self.close:
             lines.append("Connection: close")
-        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if self.head else body))
 
     def start_stream(self, request, headers=()):
         """Starts a text/event-stream response; events follow with send_event, and end_stream ends it."""
@@ -2760,6 +2808,7 @@ class HttpFront:
     def serve(self, conn, head):
         started = now()
         request, route, server_id, status, outcome, span = None, None, None, 0, "ok", NO_SPAN
+        conn.head = False
         try:
             if not conn.allowed:
                 raise GatewayError("client address %s is not in allowed_clients" % conn.client, 403,
@@ -2773,7 +2822,7 @@ class HttpFront:
                     "user_agent.original": request.headers.get("user-agent")},
                     parse_traceparent(request.headers.get("traceparent")))
             _active.span = span
-            conn.response_headers, conn.streamed = [], False
+            conn.response_headers, conn.streamed, conn.head = [], False, request.method == "HEAD"
             if not request.keep_alive:
                 conn.close = True
             origin = request.headers.get("origin")
@@ -3009,11 +3058,13 @@ class HttpFront:
             raise GatewayError("GET opens an event stream: send Accept: text/event-stream", 406, "not_acceptable")
         self._check_protocol_version(request)
         runtime = self.runtimes[server_id]
+        last_event_id = request.headers.get("last-event-id", "").strip()
+        if last_event_id and not _EVENT_ID_RE.match(last_event_id):
+            raise bad_request("Last-Event-ID %r is not an event id of this gateway" % last_event_id)
         session = self._session(request, runtime, server_id)
         if session is None:
             session = self.router.open_stream_session(runtime, request.headers.get("mcp-protocol-version"))
-        last_event_id = request.headers.get("last-event-id", "")
-        cursor = int(last_event_id) if last_event_id.isdigit() else session.delivered_id
+        cursor = int(last_event_id) if last_event_id else session.delivered_id
         if not session.open_stream(conn):
             raise GatewayError("this session already has an open event stream", 409, "stream_conflict")
         generation = session.stream_generation
@@ -3057,6 +3108,7 @@ class _HTTPServer(ThreadingHTTPServer):
         self.front = front
         self.threads = set()  # live connection threads (self._threads_lock); the gateway joins them on stop
         self._threads_lock = threading.Lock()
+        self._short_of_descriptors = False
         super().__init__(address, Connection, bind_and_activate=False)
 
     def server_bind(self):
@@ -3066,6 +3118,22 @@ class _HTTPServer(ThreadingHTTPServer):
             except OSError:
                 pass
         socketserver.TCPServer.server_bind(self)  # HTTPServer's would resolve the host name: slow, useless here
+
+    def get_request(self):
+        """accept(), pausing briefly when the process is out of file descriptors: the listening socket stays
+        readable then, and the accept loop would spin. Logged once per shortage."""
+        try:
+            accepted = super().get_request()
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE):
+                if not self._short_of_descriptors:
+                    self._short_of_descriptors = True
+                    self.front.log.warning("out_of_file_descriptors", error=str(e),
+                                           note="new connections wait until others close")
+                self.front.stopping.wait(0.1)
+            raise
+        self._short_of_descriptors = False
+        return accepted
 
     def process_request(self, request, client_address):
         thread = threading.Thread(target=self._serve_connection, args=(request, client_address),
@@ -3129,7 +3197,7 @@ class Gateway:
         except OSError:
             self._httpd.server_close()
             raise
-        self._accept_thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": POLL_S},
+        self._accept_thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.25},
                                                name="http-accept", daemon=True)
         self._accept_thread.start()
         self.router.start()
@@ -3140,26 +3208,31 @@ class Gateway:
                 runtime.start()
 
     def stop(self):
-        """Stops accepting, gives requests in flight a short grace, stops every child, closes what is left."""
+        """Stops accepting, ends event streams, gives requests in flight a short grace, stops every child at
+        once, closes what is left, and flushes telemetry: all within STOP_BUDGET_S."""
+        deadline = now() + STOP_BUDGET_S
         self.log.info("stopping")
         self.front.stopping.set()
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
             self._accept_thread.join(timeout=POLL_S * 2)
-        self.router.stop()  # sessions end, and with them their event streams
+        self.router.end_streams()  # GET streams would otherwise count as requests in flight
         self._close_connections(idle_only=True)
         self.front.wait_idle(SHUTDOWN_GRACE_S)
-        for runtime in self.runtimes.values():
-            runtime.request_stop()
-        for runtime in self.runtimes.values():
-            runtime.join(timeout=CHILD_STOP_GRACE_S * 2 + 1)
-        self.front.wait_idle(POLL_S)  # calls failed by the stop above are answered before their sockets close
+        runtimes = list(self.runtimes.values())
+        runtimes += [private for runtime in runtimes for private in list(runtime.private.values())]
+        for runtime in runtimes:
+            runtime.request_stop()  # every child at once: their grace periods overlap
+        self.router.stop()
+        for runtime in runtimes:
+            runtime.join(timeout=max(0.0, deadline - now()))
+        self.front.wait_idle(min(POLL_S, max(0.0, deadline - now())))  # failed calls are answered before close
         self._close_connections(idle_only=False)
         if self._httpd is not None:
             for thread in list(self._httpd.threads):
-                thread.join(timeout=POLL_S)
-        self.telemetry.stop()
+                thread.join(timeout=min(POLL_S, max(0.0, deadline - now())))
+        self.telemetry.stop(max(0.2, deadline - now()))
         self.log.info("stopped")
 
     def _close_connections(self, idle_only):
@@ -3312,8 +3385,21 @@ def demo_banner(gateway, token, asked_port):
         "Stop with Ctrl-C.", ""])
 
 
+def raise_file_limit():
+    """A LaunchAgent starts with a soft limit of 256 open files; every connection and every child's three pipes
+    use some. Raise the soft limit as far as the hard one allows (up to 10240)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 10240 if hard == resource.RLIM_INFINITY else min(10240, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError):
+            pass
+
+
 def serve(config, logger, on_listening=None):
     """Runs the gateway until SIGTERM or SIGINT. Returns the exit code."""
+    raise_file_limit()
     stop = threading.Event()
     previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGTERM, signal.SIGINT)}
     gateway = Gateway(config, logger)

@@ -265,6 +265,8 @@ class ConfigValidationTest(unittest.TestCase):
             ({"bind_port": True}, "bind_port: must be an integer"),
             ({"request_timeout_ms": 0}, "request_timeout_ms: must be a positive integer"),
             ({"allowed_clients": ["10.0.0.0/8", "not-an-ip"]}, "allowed_clients[1]: 'not-an-ip' is not an IP"),
+            ({"allowed_clients": []}, "allowed_clients: must name at least one client"),
+            ({"bind_host": "my-mac.local"}, "bind_host: must be an IP address"),
             ({"bind_hots": "x"}, "bind_hots: unknown key; did you mean bind_host?"),
             ({"servers": [good_server, {"server_id": "b", "command": "y", "restart_policy": "sometimes"}]},
              "servers[1].restart_policy: must be one of always, on-failure, never"),
@@ -1351,9 +1353,17 @@ class SessionTest(unittest.TestCase):
         self.assertLess(time.monotonic() - started, 2)
         self.assertEqual(result["structuredContent"]["response"]["error"]["code"], -32601)
 
-    def test_a_response_from_the_wrong_session_is_dropped(self):
-        status, _, _ = self.client().post({"jsonrpc": "2.0", "id": "hmg-999999", "result": {}})
-        self.assertEqual(status, 202)
+    def test_only_the_asked_session_can_answer_a_server_request(self):
+        asked = self.client(capabilities={"roots": {}})
+        other = self.client(capabilities={"roots": {}})
+        conn = self.gateway.connect()
+        conn.request("POST", asked.path, json.dumps(tool_call("ask", 1, method="roots/list")), asked.headers())
+        response = conn.getresponse()
+        request = read_sse(response, until=lambda m: m.get("method") == "roots/list")[-1][1]
+        self.assertEqual(other.post({"jsonrpc": "2.0", "id": request["id"], "result": {"roots": ["stolen"]}})[0], 202)
+        self.assertEqual(asked.post({"jsonrpc": "2.0", "id": request["id"], "result": {"roots": ["mine"]}})[0], 202)
+        answer = [m for _, m in read_sse(response) if not isinstance(m, str)][-1]
+        self.assertEqual(answer["result"]["structuredContent"]["response"]["result"], {"roots": ["mine"]})
 
     def test_subscriptions_are_counted_and_updates_reach_only_subscribers(self):
         uri = "fake://counted"
@@ -1543,9 +1553,9 @@ class TelemetryUnitTest(unittest.TestCase):
             ({}, {}, 0),
             ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://h:4318/v1/traces"}, {"traces": "http://h:4318/v1/traces"}, 0),
             ({"OTEL_EXPORTER_OTLP_ENDPOINT": "localhost:4317"},
-             {"traces": "http://localhost:4317/v1/traces", "metrics": "http://localhost:4317/v1/metrics"}, 2),
+             {"traces": "http://localhost:4317/v1/traces", "metrics": "http://localhost:4317/v1/metrics"}, 1),
             ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://h:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"},
-             {"traces": "http://h:4318/v1/traces", "metrics": "http://h:4318/v1/metrics"}, 2),
+             {"traces": "http://h:4318/v1/traces", "metrics": "http://h:4318/v1/metrics"}, 1),
             ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://h:4318", "OTEL_SDK_DISABLED": "true"}, {}, 0),
             ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://h:4318", "OTEL_TRACES_SAMPLER": "sometimes",
               "OTEL_BSP_SCHEDULE_DELAY": "soon"}, {"traces": "http://h:4318/v1/traces", "metrics": "http://h:4318/v1/metrics"}, 2),
@@ -1891,3 +1901,106 @@ class StuckChildTest(unittest.TestCase):
         for status, reply in results:
             self.assertEqual((status, reply["error"]["data"]["error_code"]), (504, "timeout"))
         self.assertEqual(gateway.request("GET", "/health")[0], 200)
+
+
+class HostileInputTest(unittest.TestCase):
+    """Odd input gets a clear 4xx in the documented shape; nothing answers 500, nothing stops working."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.gateway = GatewayProcess(cls, base_config([fake_server()]))
+
+    @classmethod
+    def addCleanup(cls, function, *args):
+        cls.addClassCleanup(function, *args)
+
+    def test_bodies(self):
+        cases = [(b"[" * 100000, 400, "invalid_json"), (b'{"jsonrpc":"2.0","id":NaN,"method":"ping"}', 400, "invalid_json"),
+                 (b'{"jsonrpc":"2.0","method":"server/discover"}', 202, None)]
+        for body, status, code in cases:
+            with self.subTest(body=body[:40]):
+                got, _, reply = self.gateway.request("POST", "/fake/rpc", body)
+                self.assertEqual(got, status)
+                if code:
+                    self.assertEqual(reply["error"]["error_code"], code)
+        self.assertEqual(self.gateway.call("fake", rpc("ping"))[0], 200)
+
+    def test_bad_last_event_id_opens_no_session(self):
+        status, _, reply = self.gateway.request("GET", "/fake/rpc", headers={"Accept": "text/event-stream",
+                                                                               "Last-Event-ID": "\u00b2"})
+        self.assertEqual((status, reply["error"]["error_code"]), (400, "bad_request"))
+        self.assertFalse(any(r.get("event") == "session_opened" and r.get("by") == "GET" for r in self.gateway.logs))
+
+    def test_head_gets_no_body_and_the_connection_stays_usable(self):
+        reply = raw_exchange(self.gateway.port, b"HEAD /health HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                             TOKEN.encode() + b"\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                             b"Authorization: Bearer " + TOKEN.encode() + b"\r\n\r\n")
+        first, second = reply.split(b"HTTP/1.1 ", 2)[1:]
+        self.assertTrue(first.startswith(b"405 "))
+        self.assertTrue(first.endswith(b"\r\n\r\n"))  # a head, no body
+        self.assertTrue(second.startswith(b"200 "))
+
+    def test_two_host_headers_are_refused(self):
+        reply = raw_exchange(self.gateway.port, b"GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+        self.assertEqual(status_of(reply), 400)
+
+    def test_a_child_line_nested_too_deeply_is_skipped(self):
+        self.assertEqual(self.gateway.tool("garbage", text="[" * 100000)["content"][0]["text"], "ok")
+        self.gateway.wait_log(lambda r: r.get("event") == "child_non_json_line")
+        self.assertEqual(self.gateway.tool("add", a=1, b=1)["structuredContent"], {"sum": 2})
+
+
+class GrandchildTest(unittest.TestCase):
+    def test_a_child_that_exits_while_its_own_child_holds_stdout_is_noticed(self):
+        gateway = GatewayProcess(self, base_config([fake_server()], request_timeout_ms=8000))
+        gateway.wait_state("fake", "ready")
+        first_pid = gateway.tool("pid")["structuredContent"]["pid"]
+        grandchild = gateway.tool("spawn_grandchild")["structuredContent"]["pid"]
+        started = time.monotonic()
+        status, reply = gateway.call("fake", tool_call("crash", 2, code=5))
+        self.assertLess(time.monotonic() - started, 3)
+        self.assertEqual((status, reply["error"]["data"]["error_code"]), (502, "server_exited"))
+        self.assertIn("exited with code 5", reply["error"]["message"])
+        new_pid = wait_for(lambda: gateway.call("fake", tool_call("pid"))[1].get("result"),
+                           "the restarted child")["structuredContent"]["pid"]
+        self.assertNotEqual(new_pid, first_pid)
+        wait_for(lambda: process_gone(grandchild), "the old child's process group to be killed")
+
+
+class StopBudgetTest(unittest.TestCase):
+    def test_sigterm_exits_within_5_s_with_sessions_streams_calls_and_a_stubborn_child(self):
+        gateway = GatewayProcess(self, base_config([fake_server(), fake_server("stubborn", "--stubborn"),
+                                                    fake_server("own", isolation="session", autostart=False)]))
+        gateway.wait_state("stubborn", "ready")
+        sessions = [McpClient(gateway), McpClient(gateway, "own")]
+        streams = [client.open_stream() for client in sessions]
+        hung = start_in_flight(self, gateway, tool_call("hang", "h"), "stubborn")
+        pids = [gateway.servers()[sid]["pid"] for sid in ("fake", "stubborn")]
+        pids.append(gateway.servers()["own"]["children"][0]["pid"])
+        started = time.monotonic()
+        self.assertEqual(gateway.stop(), 0)
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertEqual(hung.result(TIMEOUT)[1]["error"]["data"]["error_code"], "server_unavailable")
+        for stream in streams:
+            stream.read()  # each stream ended with the stop
+        wait_for(lambda: all(process_gone(pid) for pid in pids), "every child to be gone")
+
+
+class DemoPortTest(unittest.TestCase):
+    def test_demo_moves_to_a_free_port_when_7411_is_taken(self):
+        holder = socket.socket()
+        self.addCleanup(holder.close)
+        try:
+            holder.bind(("127.0.0.1", gw.DEFAULT_PORT))
+            holder.listen(1)
+        except OSError:
+            pass  # something else holds it already: the demo must move all the same
+        proc = subprocess.Popen([sys.executable, GATEWAY, "--demo"], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        banner = proc.stdout.readline()
+        self.assertIn("(port 7411 was taken)", banner)
+        self.assertNotIn("127.0.0.1:7411/", banner)
+        proc.send_signal(signal.SIGTERM)
+        self.assertEqual(proc.wait(timeout=TIMEOUT), 0)
+        proc.stdout.close()

@@ -11,6 +11,7 @@ Flags:
   --protocol VERSION    protocolVersion to answer with (default: echo the client's)
   --stderr-at-start N   write N lines "startup line i" to stderr before serving
   --name NAME           serverInfo.name (default "fake")
+  --stubborn            ignore SIGTERM, and keep running after stdin ends (only SIGKILL stops it)
 
 Methods: initialize, ping, tools/list, tools/call, resources/list,
 resources/subscribe, resources/unsubscribe, prompts/list; anything else is
@@ -267,7 +268,10 @@ def main() -> None:
     parser.add_argument("--protocol", default=None, metavar="VERSION")
     parser.add_argument("--stderr-at-start", type=int, default=0, metavar="N")
     parser.add_argument("--name", default="fake")
+    parser.add_argument("--stubborn", action="store_true")
     ARGS = parser.parse_args()
+    if ARGS.stubborn:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if ARGS.exit_at_start is not None:
         to_stderr("exiting at start\n")
         sys.exit(ARGS.exit_at_start)
@@ -278,6 +282,8 @@ def main() -> None:
             dispatch(line)
         while time.monotonic() < _counters.get("reading_resumes_at", 0):  # stop_reading
             time.sleep(0.05)
+    while ARGS.stubborn:
+        time.sleep(1)
     with _out_lock:  # no half-written line; daemon threads die with the process
         sys.stdout.flush()
     os._exit(0)
