@@ -2004,3 +2004,16 @@ class DemoPortTest(unittest.TestCase):
         proc.send_signal(signal.SIGTERM)
         self.assertEqual(proc.wait(timeout=TIMEOUT), 0)
         proc.stdout.close()
+
+
+class LimitsTest(unittest.TestCase):
+    def test_an_over_long_child_line_is_skipped_and_a_late_answer_dropped(self):
+        gateway = GatewayProcess(self, base_config([fake_server()], max_message_bytes=100000, request_timeout_ms=600))
+        gateway.wait_state("fake", "ready")
+        status, reply = gateway.call("fake", tool_call("big", 1, bytes=200000))
+        self.assertEqual((status, reply["error"]["data"]["error_code"]), (504, "timeout"))
+        gateway.wait_log(lambda r: r.get("event") == "child_line_too_long" and r.get("limit") == 100000)
+        status, reply = gateway.call("fake", tool_call("sleep", 2, seconds=1))  # answers after its timeout
+        self.assertEqual((status, reply["error"]["data"]["error_code"]), (504, "timeout"))
+        gateway.wait_log(lambda r: r.get("event") == "child_late_response_dropped")
+        self.assertEqual(gateway.tool("big", bytes=50000)["structuredContent"], {"length": 50000})
