@@ -153,6 +153,7 @@ _active = threading.local()  # .span: the span this thread works in, for log lin
 def current_span():
     return getattr(_active, "span", None)
 
+
 _SECRET_KEYS = frozenset({"authorization", "auth_token", "token", "env"})
 
 
@@ -234,6 +235,8 @@ class Logger:
 # Made once: json.dumps and json.loads build a new encoder or decoder on every call with options.
 _compact_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _log_json = json.JSONEncoder(ensure_ascii=False, default=str).encode
+
+
 def _no_constant(name):
     raise ValueError("%s is not JSON" % name)
 
@@ -1409,7 +1412,6 @@ class ChildProcess:
 
     @staticmethod
     def _skip_rest_of_line(stream):
-        chunk = b""
         while True:
             chunk = stream.readline(1 << 20)
             if not chunk or chunk.endswith(b"\n"):
@@ -1452,11 +1454,13 @@ class ChildProcess:
             self.process.wait(timeout=CHILD_EXIT_SETTLE_S)
         except subprocess.TimeoutExpired:
             pass
-        for thread in self._threads:
-            if thread.name.startswith(self.server_id + "-stderr"):
-                thread.join(timeout=POLL_S)  # so the tail below holds what it wrote last
-        self.fail_calls(GatewayError(self.exit_summary(), 502, "server_exited", JSONRPC_SERVER_ERROR,
-                                     server_id=self.server_id))
+        self._join_thread("-stderr", POLL_S)  # so the tail below holds what it wrote last
+        self.fail_calls(self.exit_error())
+
+    def exit_error(self):
+        """What calls get once the child has gone: its exit status and last stderr lines."""
+        return GatewayError(self.exit_summary(), 502, "server_exited", JSONRPC_SERVER_ERROR,
+                            server_id=self.server_id)
 
     def exit_summary(self):
         returncode = self.process.poll()
@@ -1806,8 +1810,7 @@ class ServerRuntime:
             if self._stop.is_set():
                 break
             if child.process.poll() is not None:  # it exited, but a process it started still holds its stdout
-                child.fail_calls(GatewayError(child.exit_summary(), 502, "server_exited", JSONRPC_SERVER_ERROR,
-                                              server_id=self.server_id))
+                child.fail_calls(child.exit_error())
                 break
         summary = child.exit_summary() if not self._stop.is_set() else None
         child.stop("the gateway is stopping" if self._stop.is_set() else "it exited")
@@ -2755,6 +2758,14 @@ class Connection(socketserver.BaseRequestHandler):
     def send_json(self, status, value, headers=(), keep_alive=True):
         self.send(status, json_bytes(value), "application/json", headers, keep_alive)
 
+    def send_reply(self, reply):
+        """A JSON-RPC reply: 200 with it, or 202 with no body when nothing answers (None). Returns the status."""
+        if reply is None:
+            self.send(202)
+            return 202
+        self.send_json(200, reply)
+        return 200
+
     def send_error(self, error):
         """The one error funnel: every GatewayError becomes the gateway's error shape, or a JSON-RPC error for the
         request it failed when the caller speaks JSON-RPC (its fields then go in error.data)."""
@@ -2942,11 +2953,7 @@ class HttpFront:
             if e.request_id is None:
                 e.request_id = message_id(wrapper["payload"])
             raise
-        if reply is None:
-            conn.send(202)
-            return 202
-        conn.send_json(200, {"server_id": server_id, "payload": reply})
-        return 200
+        return conn.send_reply(None if reply is None else {"server_id": server_id, "payload": reply})
 
     def post_mcp(self, conn, request, body, server_id):
         """POST /{server_id}/rpc: JSON-RPC in; a response, an event stream ending in one, or 202 out. initialize
@@ -2967,18 +2974,12 @@ class HttpFront:
             session = self._session(request, runtime, server_id)
             target = session.runtime if session else runtime
             if isinstance(payload, list):
-                reply = self.router.dispatch(target, payload, self.deadline(), session)
-            else:
-                return self._answer(conn, request, target, payload, session)
+                return conn.send_reply(self.router.dispatch(target, payload, self.deadline(), session))
+            return self._answer(conn, request, target, payload, session)
         except GatewayError as e:
             if e.error_code not in ("session_not_found", "unsupported_protocol_version"):
                 e.rpc_request_id = message_id(payload)  # the HTTP-level refusals keep the gateway's shape
             raise
-        if reply is None:
-            conn.send(202)
-            return 202
-        conn.send_json(200, reply)
-        return 200
 
     @staticmethod
     def _continue_trace(request, payload):
@@ -3013,12 +3014,8 @@ class HttpFront:
         go out as one. A plain call never pays for streaming."""
         deadline = self.deadline()
         outcome = self.router.begin(runtime, message, deadline, session)
-        if outcome is None:
-            conn.send(202)
-            return 202
         if not isinstance(outcome, Ticket):
-            conn.send_json(200, outcome)
-            return 200
+            return conn.send_reply(outcome)
         try:
             return self._stream_or_send(conn, request, outcome, deadline, session)
         finally:
@@ -3045,8 +3042,7 @@ class HttpFront:
             elif session is not None:
                 session.push(answer.message)
         if not conn.streamed:
-            conn.send_json(200, answer)
-            return 200
+            return conn.send_reply(answer)
         conn.send_event(json_bytes(answer))
         conn.end_stream()
         return 200
@@ -3220,12 +3216,10 @@ class Gateway:
         self.router.end_streams()  # GET streams would otherwise count as requests in flight
         self._close_connections(idle_only=True)
         self.front.wait_idle(SHUTDOWN_GRACE_S)
-        runtimes = list(self.runtimes.values())
-        runtimes += [private for runtime in runtimes for private in list(runtime.private.values())]
-        for runtime in runtimes:
-            runtime.request_stop()  # every child at once: their grace periods overlap
+        for runtime in self.runtimes.values():
+            runtime.request_stop()  # every child at once (router.stop does the per-session ones): graces overlap
         self.router.stop()
-        for runtime in runtimes:
+        for runtime in self.runtimes.values():
             runtime.join(timeout=max(0.0, deadline - now()))
         self.front.wait_idle(min(POLL_S, max(0.0, deadline - now())))  # failed calls are answered before close
         self._close_connections(idle_only=False)
