@@ -76,6 +76,7 @@ MAX_HEAD_BYTES = 32 * 1024  # request line + headers; browsers and SDKs send wel
 MAX_HEADER_COUNT = 100  # http.server's own _MAXHEADERS
 STDERR_LOG_CHARS = 2000  # a child's stderr line longer than this is logged truncated
 STDERR_TAIL_LINES = 10  # the last lines of stderr quoted when a child exits
+LOGGED_LINE_CHARS = 200  # of a child's stdout line that is not JSON-RPC, quoted in the log line that drops it
 CHILD_STOP_GRACE_S = 1.5  # SIGTERM to SIGKILL; keeps a whole gateway stop under 5 s
 CHILD_EXIT_SETTLE_S = 1.0  # after stdout closes, how long a child gets to exit by itself before it is stopped
 MAX_BACKOFF_S = 60.0  # restart backoff doubles up to this
@@ -281,6 +282,7 @@ def session_label(session_id):
 TOKEN_HELP = ("make one with `openssl rand -hex 32` or "
               "`python3 -c 'import secrets; print(secrets.token_hex(32))'`")
 RESTART_POLICIES = ("always", "on-failure", "never")
+ROOTS_FROM_CLIENT = "client"  # the `roots` setting that lets a child ask the client of the call in flight
 ISOLATION_MODES = ("shared", "session")
 SERVER_ID_RE = re.compile(r"[A-Za-z0-9._-]+\Z")
 ORIGIN_RE = re.compile(r"(https?)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?\Z")
@@ -356,6 +358,30 @@ def _check_origins(value):
     return problem
 
 
+def root_path(root):
+    """The folder a `roots` entry names: an absolute path (`~` expanded) or a file:// URI's path."""
+    if root.startswith("file://"):
+        return urllib.parse.unquote(urllib.parse.urlsplit(root).path)
+    return os.path.expanduser(root)
+
+
+def root_uri(root):
+    """A `roots` entry as the file:// URI a child is told; None when it names no absolute local folder."""
+    if root.startswith("file://"):
+        parts = urllib.parse.urlsplit(root)
+        return root if parts.netloc in ("", "localhost") and parts.path.startswith("/") else None
+    path = os.path.expanduser(root)
+    return "file://" + urllib.parse.quote(path) if os.path.isabs(path) else None
+
+
+def _check_roots(value):
+    if value is None or value == ROOTS_FROM_CLIENT:
+        return None
+    if isinstance(value, list) and all(isinstance(root, str) and root_uri(root) for root in value):
+        return None
+    return ('must be "client", or a list of absolute paths (`~/` allowed) or file:// URIs')
+
+
 def _check_auth_token(value):
     if not isinstance(value, str):
         return "must be a string; " + TOKEN_HELP
@@ -395,6 +421,11 @@ CONFIG_FIELDS = {
     "idle_timeout_ms": Field(60000, _check_positive_int, "an idle keep-alive connection is closed after this"),
     "session_idle_timeout_ms": Field(30 * 60 * 1000, _check_positive_int,
                                      "an MCP session unused this long expires"),
+    # Long enough for any client to send its first request after initialize, short enough that the sessions
+    # `claude mcp list` and mcp-remote's probe leave behind give way before anyone else's.
+    "session_grace_ms": Field(60000, _check_positive_int,
+                              "a session that made no request this long after it opened is the first "
+                              "ended when sessions or children run out"),
     "max_sessions": Field(1000, _check_positive_int, "most MCP sessions open at once, all servers together"),
     "sse_keepalive_ms": Field(15000, _check_positive_int,
                               "an idle event stream gets a comment this often, so proxies keep it open"),
@@ -415,6 +446,9 @@ SERVER_FIELDS = {
     "isolation": Field("shared", _one_of(ISOLATION_MODES),
                        "`shared`: one child for all clients; `session`: a child of its own per MCP session"),
     "max_children": Field(8, _check_positive_int, "with isolation `session`: most children running at once"),
+    "roots": Field(None, _check_roots,
+                   "what the child's `roots/list` gets: unset = no roots; a list of folders the gateway "
+                   "answers with; `\"client\"` = the client of the call in flight"),
 }
 
 
@@ -432,6 +466,15 @@ class ServerSpec:
         self.startup_timeout_ms = values["startup_timeout_ms"]
         self.isolation = values["isolation"]
         self.max_children = values["max_children"]
+        self.roots = values["roots"]
+
+    @property
+    def fixed_roots(self):
+        """The roots the gateway answers for the child itself, as MCP Root objects; None when it does not."""
+        if not isinstance(self.roots, list):
+            return None
+        return [{"uri": root_uri(root), "name": os.path.basename(root_path(root).rstrip("/")) or "/"}
+                for root in self.roots]
 
 
 class Config:
@@ -611,10 +654,15 @@ def resolve_command(spec):
 
 
 def check_host(config):
-    """The --check probes beyond the config's shape: commands, working directories. Returns (errors, notes)."""
+    """The --check probes beyond the config's shape: commands, working directories, roots. Returns (errors,
+    notes)."""
     errors, notes = [], []
     for index, spec in enumerate(config.servers):
         where = "servers[%d]" % index
+        for root in spec.roots if isinstance(spec.roots, list) else ():
+            if not os.path.isdir(root_path(root)):
+                notes.append("%s.roots: %s is not a folder on this host; the child is told it anyway" % (
+                    where, root))
         if spec.working_dir and not os.path.isdir(os.path.expanduser(spec.working_dir)):
             errors.append("%s.working_dir: %s does not exist" % (where, spec.working_dir))
             continue
@@ -1235,9 +1283,27 @@ def _retry_after(header, attempt, now_s=None):
 # § 7 Child process ---------------------------------------------------------------------------------------------------
 
 GATEWAY_CLIENT_INFO = {"name": "host-mcp-gateway", "version": VERSION}
-# Declared to children so that they may ask for roots, sampling and elicitation; the gateway relays those
-# requests to a session whose client declared the same capability (§9).
-GATEWAY_CLIENT_CAPABILITIES = {"roots": {"listChanged": True}, "sampling": {}, "elicitation": {}}
+# Declared to shared children so that they may ask for sampling and elicitation; the gateway relays those
+# requests to the client of a call in flight that declared the same capability (§9). Roots are declared only
+# when the server's `roots` setting says who answers them.
+GATEWAY_CLIENT_CAPABILITIES = {"sampling": {}, "elicitation": {}}
+
+
+def child_handshake_params(spec, client_params=None):
+    """The initialize params a child gets: the gateway's own for a shared child, its client's for a per-session
+    one. With fixed roots the gateway answers roots/list itself, so the roots capability is its own, without
+    listChanged: the list never changes while the child runs."""
+    if client_params is None:
+        capabilities = dict(GATEWAY_CLIENT_CAPABILITIES)
+        if spec.roots is not None:
+            capabilities["roots"] = {}
+        return {"protocolVersion": HANDSHAKE_PROTOCOL_VERSION, "capabilities": capabilities,
+                "clientInfo": GATEWAY_CLIENT_INFO}
+    if spec.fixed_roots is None:
+        return client_params
+    capabilities = client_params.get("capabilities")
+    capabilities = dict(capabilities if isinstance(capabilities, dict) else {}, roots={})
+    return dict(client_params, capabilities=capabilities)
 
 
 class PendingCall:
@@ -1278,11 +1344,12 @@ class ChildProcess:
     that stops reading; stdout and stderr each have a reader thread, so a full pipe never stalls the child.
     Requests get fresh gateway-owned ids; answers go back with the caller's."""
 
-    def __init__(self, spec, logger, max_line_bytes, on_unsolicited):
+    def __init__(self, spec, config, logger, on_unsolicited):
         self.spec = spec
         self.server_id = spec.server_id
         self._log = logger
-        self._max_line_bytes = max_line_bytes
+        self._max_line_bytes = config.max_message_bytes
+        self._request_timeout_ms = config.request_timeout_ms  # named in a timeout's message
         self._on_unsolicited = on_unsolicited  # (child, message, kind) for child messages that answer no call
         self.process = None
         self._write_lock = threading.Lock()  # guards the three fields below and writes to the child's stdin
@@ -1321,12 +1388,14 @@ class ChildProcess:
         self._stdin_fd = self.process.stdin.fileno()
         os.set_blocking(self._stdin_fd, False)
         self._stdin_open = True
-        for name, target in (("stdin", self._write_loop), ("stdout", self._read_stdout),
-                             ("stderr", self._drain_stderr)):
+        # stdout's reader starts last: a child that exits at once ends it at once, and it then joins the
+        # stderr drain (for the last words), which must have started. A thread is listed once it runs.
+        for name, target in (("stderr", self._drain_stderr), ("stdin", self._write_loop),
+                             ("stdout", self._read_stdout)):
             thread = threading.Thread(target=target, name="%s-%s-%d" % (self.server_id, name, self.pid),
                                       daemon=True)
-            self._threads.append(thread)
             thread.start()
+            self._threads.append(thread)
 
     def _spawn_problem(self, error):
         spec = self.spec
@@ -1422,7 +1491,7 @@ class ChildProcess:
             message = json_loads(line)
         except ValueError:
             self._log.warning("child_non_json_line", server_id=self.server_id, pid=self.pid,
-                              line=line[:200].decode("utf-8", "replace"))
+                              line=line[:LOGGED_LINE_CHARS].decode("utf-8", "replace"))
             return
         kind, _ = classify(message)
         if kind == RESPONSE and valid_id(message["id"]):
@@ -1505,8 +1574,8 @@ class ChildProcess:
             if now() < deadline:
                 return None
             self.cancel_call(gateway_id, "timed out in the gateway")
-            raise GatewayError("server %s did not answer %s within the request timeout" % (
-                self.server_id, call.method), 504, "timeout", JSONRPC_REQUEST_TIMEOUT,
+            raise GatewayError("server %s did not answer %s within %d ms (request_timeout_ms)" % (
+                self.server_id, call.method, self._request_timeout_ms), 504, "timeout", JSONRPC_REQUEST_TIMEOUT,
                 server_id=self.server_id, request_id=call.caller_id) from None
         if isinstance(answer, GatewayError):
             raise answer
@@ -1566,11 +1635,8 @@ class ChildProcess:
         for call in calls:
             call.answers.put(self._exit_error)
 
-    def handshake(self, timeout_s, params=None):
-        """Initializes the child, with the gateway's own params or a client's (a per-session child); returns the
-        child's initialize result."""
-        params = params or {"protocolVersion": HANDSHAKE_PROTOCOL_VERSION,
-                            "capabilities": GATEWAY_CLIENT_CAPABILITIES, "clientInfo": GATEWAY_CLIENT_INFO}
+    def handshake(self, timeout_s, params):
+        """Initializes the child with `params` (see child_handshake_params); returns its initialize result."""
         request = {"jsonrpc": "2.0", "id": "gateway-initialize", "method": "initialize", "params": params}
         try:
             answer = self.call(request, now() + timeout_s)
@@ -1682,10 +1748,15 @@ class ServerRuntime:
                                             daemon=True)
             self._thread.start()
 
+    @property
+    def is_private(self):
+        """Whether this runs one session's own child (isolation "session"), not a configured server's."""
+        return self.handshake_params is not None
+
     def adopt(self, session_id, private):
         """Takes on a session's own runtime (isolation "session"), within max_children, and starts it."""
         with self._cond:
-            if len(self.private) >= self.spec.max_children:
+            if len(self.private) >= self.spec.max_children:  # the Router made room; a concurrent session took it
                 raise GatewayError("server %s already runs %d per-session children (max_children)" % (
                     self.server_id, self.spec.max_children), 503, "too_many_children", server_id=self.server_id)
             self.private[session_id] = private
@@ -1721,9 +1792,9 @@ class ServerRuntime:
                     raise unavailable(self.server_id, self._unavailable_reason())
                 remaining = deadline - now()
                 if remaining <= 0:
-                    raise GatewayError("server %s did not become ready in time (state %s)" % (
-                        self.server_id, self.state), 504, "timeout", JSONRPC_REQUEST_TIMEOUT,
-                        server_id=self.server_id)
+                    raise GatewayError("server %s did not become ready within %d ms (request_timeout_ms; state "
+                                       "%s)" % (self.server_id, self._config.request_timeout_ms, self.state),
+                                       504, "timeout", JSONRPC_REQUEST_TIMEOUT, server_id=self.server_id)
                 self._cond.wait(remaining)
 
     def _unavailable_reason(self):
@@ -1776,7 +1847,7 @@ class ServerRuntime:
     def _run_once(self):
         """Starts one child and watches it until it exits or the gateway stops it. Returns (child, seconds it
         was ready, or None if it never became ready)."""
-        child = ChildProcess(self.spec, self._log, self._config.max_message_bytes,
+        child = ChildProcess(self.spec, self._config, self._log,
                              lambda child, message, kind: self._on_unsolicited(self, child, message, kind))
         self._set(state="starting", _next_start_at=None)
         startup_ms = self.spec.startup_timeout_ms or self._config.request_timeout_ms
@@ -1787,7 +1858,7 @@ class ServerRuntime:
             child.start()
             span.set("process.pid", child.pid)
             self._log.info("child_started", server_id=self.server_id, pid=child.pid)
-            result = child.handshake(startup_ms / 1000.0, self.handshake_params)
+            result = child.handshake(startup_ms / 1000.0, child_handshake_params(self.spec, self.handshake_params))
             span.add_event("handshake", **{"mcp.protocol.version": result.get("protocolVersion")})
         except GatewayError as e:
             span.fail(e.message)
@@ -1841,11 +1912,6 @@ class ServerRuntime:
                 "server_info": info.get("serverInfo"), "protocol_version": info.get("protocolVersion"),
                 "capabilities": sorted((info.get("capabilities") or {}).keys()),
             }
-            private = dict(self.private)
-        if self.spec.isolation == "session" and self.handshake_params is None:  # the server, not one child
-            described["isolation"] = "session"
-            described["children"] = [dict(runtime.describe(), session=session_label(session_id))
-                                     for session_id, runtime in private.items()]
         return described
 
 
@@ -1853,18 +1919,31 @@ class ServerRuntime:
 
 SESSION_BUFFER_EVENTS = 100  # messages kept per session for its event stream, replayed after Last-Event-ID
 SESSION_BUFFER_BYTES = 1 << 20  # ... and no more bytes than this, so a flood of logs cannot grow a session
+CLIENT_LABEL_CHARS = 64  # of a client's clientInfo name and version, kept for /servers
+ADMIT_ATTEMPTS = 3  # evictions tried for one new session while concurrent ones take the room made
 # The client capability a server-to-client request needs; other requests (ping) may go to any client.
 REQUEST_CAPABILITY = {"roots/list": "roots", "sampling/createMessage": "sampling", "elicitation/create": "elicitation"}
 # What sessions hear after a restart, for each list the child declared as changeable.
 LIST_CHANGED = {"tools": "notifications/tools/list_changed", "resources": "notifications/resources/list_changed",
                 "prompts": "notifications/prompts/list_changed"}
+# The list_changed notification each list request answers: once a client lists again, it may be told again.
+LISTED_BY = {"tools/list": LIST_CHANGED["tools"], "resources/list": LIST_CHANGED["resources"],
+             "resources/templates/list": LIST_CHANGED["resources"], "prompts/list": LIST_CHANGED["prompts"]}
+
+
+def client_label(params):
+    """`name version` from an initialize's clientInfo, bounded: the client chooses it, /servers shows it."""
+    info = params.get("clientInfo")
+    info = info if isinstance(info, dict) else {}
+    parts = [str(info[key])[:CLIENT_LABEL_CHARS] for key in ("name", "version") if info.get(key) is not None]
+    return " ".join(parts) or None
 
 
 class Session:
     """One MCP session: what its client declared, the resources it watches, and the bounded buffer of messages
     for its GET event stream (at most one open at a time). An idle session is a few fields and an empty deque."""
 
-    def __init__(self, session_id, runtime, parent, params):
+    def __init__(self, session_id, runtime, parent, params, opened_by="initialize"):
         self.id = session_id
         self.label = session_label(session_id)
         self.runtime = runtime  # where its calls go: the shared server, or its own child's (isolation "session")
@@ -1872,9 +1951,13 @@ class Session:
         self.server_id = parent.server_id
         capabilities = params.get("capabilities")
         self.capabilities = capabilities if isinstance(capabilities, dict) else {}
+        self.client = client_label(params)
+        self.opened_by = opened_by  # "initialize", or "GET" for a stream opened without a session
         self.protocol_version = None  # negotiated at initialize
         self.subscriptions = set()  # resource uris it subscribed to (Router._lock)
-        self.last_seen = now()
+        self.opened_at = self.last_seen = now()
+        self.used = False  # it has sent something since it opened (notifications/initialized aside)
+        self.announced = set()  # list_changed methods pushed since its client last listed that kind (self._cond)
         self.closed = False
         self._cond = threading.Condition()  # guards the fields below
         self._events = deque()  # (event id, encoded message), oldest first
@@ -1901,6 +1984,21 @@ class Session:
                 self._event_bytes -= len(self._events.popleft()[1])
             self._cond.notify_all()
 
+    def announce(self, message):
+        """Pushes a list_changed notification unless one of its kind still waits for the client to list again:
+        one says all (a restarted child re-registering its tools sends a burst)."""
+        with self._cond:
+            if message["method"] in self.announced:
+                return
+            self.announced.add(message["method"])
+        self.push(message)
+
+    def listed(self, method):
+        """Its client sent `method`; if that lists a kind, the next change of that kind is news again."""
+        if method in LISTED_BY:
+            with self._cond:
+                self.announced.discard(LISTED_BY[method])
+
     def open_stream(self, holder):
         """Claims the session's one GET stream for `holder`; False while another live one holds it. A holder whose
         client is already gone gives way at once, so a reconnecting client need not wait for a keepalive."""
@@ -1917,6 +2015,12 @@ class Session:
                 return False
             self.streaming, self._holder = True, holder
             return True
+
+    def stream_alive(self):
+        """Whether a GET stream is open and its client still connected (looked at on the socket, no lock held)."""
+        with self._cond:
+            holder = self._holder if self.streaming else None
+        return holder is not None and not holder.peer_closed()
 
     def close_stream(self, holder):
         with self._cond:
@@ -1956,6 +2060,18 @@ class Session:
             self._events.clear()
             self._cond.notify_all()
 
+    def idle_for(self, grace_s):
+        """How readily it gives way when room is needed: a session never used within its grace first, then
+        the least recently active (the smaller, the sooner)."""
+        unused = not self.used and now() - self.opened_at >= grace_s
+        return (0 if unused else 1, self.last_seen)
+
+    def describe(self):
+        """What /servers shows of it."""
+        return {"session": self.label, "client": self.client, "protocol_version": self.protocol_version,
+                "opened_by": self.opened_by, "age_s": round(now() - self.opened_at, 3),
+                "idle_s": round(now() - self.last_seen, 3), "used": self.used, "stream_open": self.streaming}
+
 
 class SessionStore:
     """Open sessions by id, capped in number."""
@@ -1966,15 +2082,15 @@ class SessionStore:
         self._lock = threading.Lock()
         self._sessions = {}  # session id -> Session (self._lock)
 
-    def check_room(self):
+    def full(self):
         with self._lock:
-            if len(self._sessions) >= self._max:
-                raise GatewayError("all %d sessions are in use (max_sessions); end unused ones with DELETE or "
-                                   "wait for them to expire" % self._max, 503, "too_many_sessions")
+            return len(self._sessions) >= self._max
 
     def add(self, session):
-        self.check_room()
         with self._lock:
+            if len(self._sessions) >= self._max:
+                raise GatewayError("all %d sessions are busy (max_sessions): each has a call in flight or an "
+                                   "open stream" % self._max, 503, "too_many_sessions")
             self._sessions[session.id] = session
         self._meter.sessions.record(1, (("host_mcp_gateway.server_id", session.server_id),))
 
@@ -2100,8 +2216,11 @@ class Router:
 
     stdio carries no link between a request the child makes and the call that caused it, so the gateway asks
     the session of the most recently started call in flight on that child whose client declared the needed
-    capability; with no such call, the most recently active session with an open event stream and that
-    capability; with none, the child gets an error at once."""
+    capability; a per-session child, with no such call, asks its own session on its event stream; with
+    neither, the child gets an error at once. A shared child's request never reaches a client that merely has
+    a stream open: what it asks (and what the answer holds) belongs to the call that caused it. Roots are a
+    client's own data, so a shared child gets them only with `roots: "client"`, and the gateway answers for
+    fixed roots itself."""
 
     def __init__(self, config, logger, telemetry):
         self._config = config
@@ -2178,6 +2297,9 @@ class Router:
         method = message.get("method")
         if method == "notifications/initialized":
             return None  # the gateway did the child's handshake itself; the child expects no second one
+        if session is not None:
+            session.used = True
+            session.listed(method)
         if kind == RESPONSE:
             self._relay_response(message, session)
             return None
@@ -2201,6 +2323,9 @@ class Router:
             return self.initialize_reply(runtime, message)
         if method == "notifications/cancelled":
             self._cancel_for_client(child, message, session)
+        elif method == "notifications/roots/list_changed" and not (runtime.is_private and
+                                                                   runtime.spec.fixed_roots is None):
+            pass  # one client's roots changing is no news to a child that does not get that client's roots
         else:
             child.send(message)
         return None
@@ -2309,7 +2434,6 @@ class Router:
         """A client's initialize: a new session, answered from the shared child's kept result, or, with isolation
         "session", by a child of the session's own that the client's handshake initializes."""
         received = now()
-        self.sessions.check_room()
         params = message.get("params") if isinstance(message.get("params"), dict) else {}
         session_id = secrets.token_urlsafe(24)
         target = runtime
@@ -2317,7 +2441,7 @@ class Router:
             target = ServerRuntime(runtime.spec, self._config, self._log, self._telemetry, self.on_child_message,
                                    self.on_child_ready, handshake_params=params)
         session = Session(session_id, target, runtime, params)
-        self.sessions.add(session)  # counted before any child starts: a full gateway starts none
+        self._admit(session)  # counted before any child starts: a full gateway starts none
         try:
             if target is not runtime:
                 runtime.adopt(session_id, target)
@@ -2336,14 +2460,74 @@ class Router:
         return session, reply
 
     def open_stream_session(self, runtime, protocol_version):
-        """A session opened by a GET without one (the original daemon's contract): no client capabilities."""
-        self.sessions.check_room()
-        session = Session(secrets.token_urlsafe(24), runtime, runtime, {})
+        """A session opened by a GET without one (the original daemon's contract): no client capabilities. Never
+        used by a POST, it ends soon after its stream (the reaper), so such GETs cannot fill the gateway."""
+        session = Session(secrets.token_urlsafe(24), runtime, runtime, {}, opened_by="GET")
         session.protocol_version = protocol_version or PROTOCOL_VERSION_WHEN_ABSENT
-        self.sessions.add(session)
+        self._admit(session)
         self._log.info("session_opened", server_id=runtime.server_id, session=session.label,
                        protocol_version=session.protocol_version, by="GET")
         return session
+
+    def _admit(self, session):
+        """Adds a new session. When sessions, or its server's per-session children, have run out, the idle
+        session that matters least is ended first (clients such as `claude mcp list` and mcp-remote never send
+        DELETE; theirs gets 404 next time and initializes again, as the specification intends); 503 only when
+        every candidate has a call in flight or an open stream."""
+        parent = session.parent
+        for _ in range(ADMIT_ATTEMPTS):
+            if session.runtime is not parent and len(parent.private) >= parent.spec.max_children:
+                self._evict([s for s in self.sessions.all() if s.parent is parent], "max_children", GatewayError(
+                    "server %s already runs %d per-session children (max_children), each with a call in flight "
+                    "or an open stream" % (parent.server_id, parent.spec.max_children), 503,
+                    "too_many_children", server_id=parent.server_id))
+                continue
+            if self.sessions.full():
+                self._evict(self.sessions.all(), "max_sessions", None)
+            try:
+                self.sessions.add(session)
+                return
+            except GatewayError:
+                continue  # a concurrent initialize took the room: make room again
+        self.sessions.add(session)  # raises too_many_sessions when still full
+
+    def _evict(self, candidates, limit, error):
+        """Ends the candidate that gives way first (Session.idle_for) among those with no call in flight and no
+        stream whose client is still there; raises `error` (when given) if there is none."""
+        busy = self._sessions_with_calls()
+        idle = [s for s in candidates if s not in busy and not s.closed and not s.stream_alive()]
+        grace_s = self._config.session_grace_ms / 1000.0
+        victim = min(idle, key=lambda s: s.idle_for(grace_s), default=None)
+        if victim is None:
+            if error is not None:
+                raise error
+            return
+        self._log.info("session_evicted", server_id=victim.server_id, session=victim.label, limit=limit,
+                       used=victim.used, idle_s=round(now() - victim.last_seen, 3))
+        self.close_session(victim, "evicted to make room (%s)" % limit)
+
+    def _sessions_with_calls(self):
+        """Sessions with a call in flight on some child."""
+        busy = set()
+        for runtime in {session.runtime for session in self.sessions.all()}:
+            child = runtime.child
+            if child is not None:
+                busy.update(call.session for _, call in child.calls_in_flight())
+        return busy
+
+    def describe(self, runtime):
+        """/servers' entry for a configured server: its state, its sessions and, with isolation "session", each
+        session's child with that session's age and last activity."""
+        described = runtime.describe()
+        sessions = [session for session in self.sessions.all() if session.parent is runtime]
+        described["sessions"] = [session.describe() for session in sessions]
+        if runtime.spec.isolation == "session":
+            described["isolation"] = "session"
+            described["children"] = [
+                dict(session.runtime.describe(), session=session.label, session_age_s=view["age_s"],
+                     session_idle_s=view["idle_s"])
+                for session, view in zip(sessions, described["sessions"]) if session.runtime is not runtime]
+        return described
 
     def close_session(self, session, reason):
         """Ends a session: its calls in flight are cancelled at the child, its streams close, its subscriptions
@@ -2376,12 +2560,17 @@ class Router:
     def _reap(self):
         """Expires idle sessions and requests that no client answered in time."""
         idle_s = self._config.session_idle_timeout_ms / 1000.0
-        interval = min(30.0, max(0.05, idle_s / 4))
+        grace_s = self._config.session_grace_ms / 1000.0
+        interval = min(30.0, max(0.05, min(idle_s, grace_s) / 4))
         try:
             while not self._stop.wait(interval):
                 for session in self.sessions.all():
-                    if not session.streaming and now() - session.last_seen > idle_s:
+                    if session.streaming:
+                        continue
+                    if now() - session.last_seen > idle_s:
                         self.close_session(session, "expired")
+                    elif session.opened_by == "GET" and not session.used and now() - session.last_seen > grace_s:
+                        self.close_session(session, "its stream ended and it was never used")
                 self._expire_relays()
         except Exception as e:
             self._log.error("thread_failed", thread=threading.current_thread().name, error=repr(e))
@@ -2404,7 +2593,9 @@ class Router:
             self._relay_request(runtime, child, message)
             return
         if kind != NOTIFICATION:
-            self._log.warning("child_message_dropped", server_id=runtime.server_id, reason="not JSON-RPC")
+            self._log.warning("child_message_dropped", server_id=runtime.server_id, pid=child.pid,
+                              reason=classify(message)[1] or "a response without a valid id",
+                              line=_log_json(message)[:LOGGED_LINE_CHARS])
             return
         method = message["method"]
         params = message.get("params") if isinstance(message.get("params"), dict) else {}
@@ -2422,7 +2613,7 @@ class Router:
         if method == "notifications/resources/updated":
             sessions = [session for session in sessions if params.get("uri") in session.subscriptions]
         for session in sessions:
-            session.push(message)
+            (session.announce if method in LISTED_BY.values() else session.push)(message)
         self._log.log("debug", "child_notification", server_id=runtime.server_id, method=method,
                       sessions=len(sessions))
 
@@ -2435,24 +2626,24 @@ class Router:
         return None, None
 
     def _relay_request(self, runtime, child, message):
+        """A request the child makes goes to a client only by the rule in the class docstring; roots/list may
+        be the gateway's own to answer (the server's `roots` setting), and a ping always may."""
         method = message["method"]
-        needed = REQUEST_CAPABILITY.get(method)
-
-        def can_answer(session):
-            return session is not None and not session.closed and (needed is None or needed in session.capabilities)
-        call = next((call for _, call in reversed(child.calls_in_flight()) if can_answer(call.session)), None)
-        session = call.session if call is not None else None
-        if session is None:
-            streaming = [s for s in self.sessions.of_runtime(runtime) if s.streaming and can_answer(s)]
-            session = max(streaming, key=lambda s: s.last_seen, default=None)
+        if method == "roots/list" and runtime.spec.fixed_roots is not None:
+            child.send(result_reply(message, {"roots": runtime.spec.fixed_roots}))
+            return
+        if method == "roots/list" and runtime.spec.roots is None and not runtime.is_private:
+            self._refuse_child_request(runtime, child, message, "the server's roots setting is unset: it "
+                                       "has no roots, and no client's roots are passed to a shared child")
+            return
+        call, session = self._relay_target(runtime, child, REQUEST_CAPABILITY.get(method))
         if session is None:
             if method == "ping":  # the gateway is the child's client, and it is alive
                 child.send(result_reply(message, {}))
             else:
-                child.send(rpc_error(message["id"], JSONRPC_METHOD_NOT_FOUND,
-                                     "no connected client can answer %s" % method))
-                self._log.info("child_request_refused", server_id=runtime.server_id, method=method,
-                               reason="no session can answer it")
+                self._refuse_child_request(runtime, child, message, "no client with a call in flight on this "
+                                           "child can answer it" if not runtime.is_private else
+                                           "its session's client did not declare that capability or is gone")
             return
         relay_id = "hmg-%d" % next(self._relay_ids)
         with self._lock:
@@ -2463,6 +2654,26 @@ class Router:
             call.answers.put(Interim(forwarded))  # rides on the call's own stream
         else:
             session.push(forwarded)
+
+    def _relay_target(self, runtime, child, needed):
+        """(call, session) a child's request goes to: the newest call in flight whose client declared the
+        `needed` capability; for a per-session child, else its session when its stream is open. (None, None)
+        when no client may be asked: a shared child's request never reaches a client that has no call on it."""
+        def can_answer(session):
+            return session is not None and not session.closed and (needed is None or needed in session.capabilities)
+        call = next((call for _, call in reversed(child.calls_in_flight()) if can_answer(call.session)), None)
+        if call is not None:
+            return call, call.session
+        if runtime.is_private:
+            streaming = [s for s in self.sessions.of_runtime(runtime) if s.streaming and can_answer(s)]
+            if streaming:
+                return None, streaming[0]
+        return None, None
+
+    def _refuse_child_request(self, runtime, child, message, reason):
+        child.send(rpc_error(message["id"], JSONRPC_METHOD_NOT_FOUND, "%s: %s" % (message["method"], reason)))
+        self._log.info("child_request_refused", server_id=runtime.server_id, method=message["method"],
+                       reason=reason)
 
     def on_child_ready(self, runtime, child, restarted):
         """After a restart, sessions carry on: subscriptions are renewed and clients are told to refresh the
@@ -2478,7 +2689,7 @@ class Router:
                    if isinstance(capabilities.get(name), dict) and capabilities[name].get("listChanged")]
         for session in self.sessions.of_runtime(runtime):
             for notice in notices:
-                session.push(notice)
+                session.announce(notice)
         self._log.info("sessions_resumed", server_id=runtime.server_id, resubscribed=len(uris),
                        sessions=len(self.sessions.of_runtime(runtime)))
 
@@ -2929,7 +3140,7 @@ class HttpFront:
         return 200
 
     def get_servers(self, conn, request, body, server_id):
-        conn.send_json(200, {"servers": [runtime.describe() for runtime in self.runtimes.values()]})
+        conn.send_json(200, {"servers": [self.router.describe(runtime) for runtime in self.runtimes.values()]})
         return 200
 
     def post_rpc(self, conn, request, body, server_id):

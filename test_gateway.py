@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 import unittest
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 import host_mcp_gateway as gw
@@ -861,12 +862,12 @@ class BridgeTest(unittest.TestCase):
         self.assertEqual((body["payload"]["id"], body["payload"]["result"]["structuredContent"]), (9, {"sum": 5}))
 
     def test_client_notifications_are_forwarded_and_answered_202(self):
-        for path, body in [("/fake/rpc", {"jsonrpc": "2.0", "method": "notifications/roots/list_changed"}),
+        for path, body in [("/fake/rpc", {"jsonrpc": "2.0", "method": "notifications/y"}),
                            ("/rpc", {"server_id": "fake", "payload": {"jsonrpc": "2.0", "method": "notifications/x"}})]:
             status, response, reply = self.gateway.request("POST", path, body)
             self.assertEqual((status, reply, response.getheader("Content-Length")), (202, None, "0"))
         methods = [n["method"] for n in self.received()["notifications"]]
-        self.assertIn("notifications/roots/list_changed", methods)
+        self.assertIn("notifications/y", methods)
         self.assertIn("notifications/x", methods)
 
     def test_the_gateway_holds_the_handshake(self):
@@ -941,7 +942,7 @@ class BridgeTest(unittest.TestCase):
         asked = self.gateway.tool("ask", method="roots/list", timeout=5)["structuredContent"]["response"]
         self.assertLess(time.monotonic() - started, 2)  # refused at once: no session can answer it
         self.assertEqual(asked["error"]["code"], -32601)
-        self.assertIn("no connected client can answer roots/list", asked["error"]["message"])
+        self.assertIn("roots setting is unset", asked["error"]["message"])
 
 
 class TimeoutTest(unittest.TestCase):
@@ -1047,6 +1048,20 @@ class ChildLifecycleTest(unittest.TestCase):
                  what="always to restart")
         self.assert_unavailable_at_once(gateway, "never", "exited with code 1", "stays down")
         self.assert_unavailable_at_once(gateway, "onfail", "exited with code 0", "stays down")
+
+
+    def test_a_command_that_exits_at_once_is_reported_at_once_every_time(self):
+        quitters = [{"server_id": "quits-%d" % n, "command": "/bin/sh", "args": ["-c", "echo bye %d >&2; exit 3" % n],
+                     "autostart": True, "restart_policy": "never", "startup_timeout_ms": 60000} for n in range(6)]
+        quitters.append({"server_id": "true", "command": "/bin/true", "autostart": True, "restart_policy": "never",
+                         "startup_timeout_ms": 60000})
+        gateway = GatewayProcess(self, base_config(quitters))
+        for n in range(6):  # long before the startup timeout: the exit itself is noticed
+            server = gateway.wait_state("quits-%d" % n, "failed")
+            self.assertIn("exited with code 3; last stderr: bye %d" % n, server["last_error"])
+        self.assertIn("exited with code 0", gateway.wait_state("true", "failed")["last_error"])
+        self.assertEqual(gateway.stop(), 0)
+        self.assertNotIn("Traceback", "".join(gateway.raw_stderr))
 
 
 class ComponentTest(unittest.TestCase):
@@ -1190,7 +1205,7 @@ def stream_until(response, predicate):
 class SessionTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.gateway = GatewayProcess(cls, base_config([fake_server()], sse_keepalive_ms=200,
+        cls.gateway = GatewayProcess(cls, base_config([fake_server(roots="client")], sse_keepalive_ms=200,
                                                       allowed_origins=["http://app.example:8080"]))
 
     @classmethod
@@ -1334,18 +1349,17 @@ class SessionTest(unittest.TestCase):
         self.assertTrue(relayed["id"].startswith("srv-"))  # the child got its own id back
         self.assertEqual(relayed["result"], {"roots": [{"uri": "file:///r"}]})
 
-    def test_server_request_goes_only_to_a_session_with_the_capability(self):
-        helper = self.client(capabilities={"sampling": {}})
-        stream = helper.open_stream()
-        asker = self.client()  # declares no sampling: the request goes to the helper's GET stream instead
-        with ThreadPoolExecutor(1) as pool:
-            asked = pool.submit(asker.post, tool_call("ask", 1, method="sampling/createMessage", params={"x": 1}),
-                                conn=self.gateway.connect())
-            events = stream_until(stream, lambda m: m.get("method") == "sampling/createMessage")
-            request = events[-1][1]
-            self.assertEqual(helper.post({"jsonrpc": "2.0", "id": request["id"], "result": {"ok": True}})[0], 202)
-            status, _, messages = asked.result(TIMEOUT)
-        self.assertEqual(messages[-1]["result"]["structuredContent"]["response"]["result"], {"ok": True})
+    def test_a_shared_childs_request_never_reaches_a_client_that_only_has_a_stream_open(self):
+        bystander = self.client(capabilities={"sampling": {}, "roots": {}})
+        stream = bystander.open_stream()
+        asker = self.client()  # declares neither: nobody whose call is in flight can answer
+        for method in ("sampling/createMessage", "roots/list"):
+            response = asker.call("ask", method=method, params={"x": 1})["structuredContent"]["response"]
+            self.assertEqual(response["error"]["code"], -32601, method)
+        self.gateway.tool("notify", method="notifications/message", params={"level": "info", "data": "marker"})
+        events = stream_until(stream, lambda m: m.get("params", {}).get("data") == "marker")
+        self.assertEqual([m["method"] for _, m in events if not isinstance(m, str)], ["notifications/message"])
+        hang_up(stream)
 
     def test_server_request_nobody_can_answer_fails_at_once(self):
         started = time.monotonic()
@@ -1428,20 +1442,80 @@ class SessionTest(unittest.TestCase):
         self.assertEqual(self.gateway.request("OPTIONS", "/fake/rpc", token=None)[0], 401)
 
 
+def in_flight_from(testcase, client, message):
+    """Posts `message` on a connection of its own from a worker thread; returns the future of its result."""
+    pool = ThreadPoolExecutor(1)
+    testcase.addCleanup(pool.shutdown)
+    return pool.submit(client.post, message, conn=client.gateway.connect())
+
+
+def session_views(gateway, server_id="fake"):
+    return {view["session"]: view for view in gateway.servers()[server_id]["sessions"]}
+
+
 class SessionLimitsTest(unittest.TestCase):
-    def test_idle_sessions_expire_and_the_number_is_capped(self):
-        gateway = GatewayProcess(self, base_config([fake_server()], session_idle_timeout_ms=300, max_sessions=2))
+    def test_idle_sessions_expire(self):
+        gateway = GatewayProcess(self, base_config([fake_server()], session_idle_timeout_ms=300))
         first, second = McpClient(gateway), McpClient(gateway)
-        with self.assertRaises(AssertionError) as caught:
-            McpClient(gateway)
-        self.assertIn("too_many_sessions", str(caught.exception))
         stream = first.open_stream()  # a session with an open stream is not idle
         gateway.wait_log(lambda r: r.get("event") == "session_closed" and r.get("reason") == "expired" and
                          r.get("session") == second.session_id[:8])
         self.assertEqual(second.post(rpc("ping"))[0], 404)
         self.assertEqual(first.post(rpc("ping"), conn=gateway.connect())[0], 200)
         hang_up(stream)
+
+    def test_at_max_sessions_the_idle_session_that_matters_least_gives_way(self):
+        gateway = GatewayProcess(self, base_config([fake_server()], max_sessions=2, session_grace_ms=300))
+        used, unused = McpClient(gateway), McpClient(gateway)
+        self.assertEqual(used.post(rpc("ping"))[0], 200)
+        self.assertEqual(unused.post(rpc("ping", request_id=2), conn=gateway.connect())[0], 200)
+        self.assertEqual(used.post(rpc("ping", request_id=3))[0], 200)  # `unused` is now the least recently active
+        fresh = McpClient(gateway)  # nothing is over its grace yet: the least recently active goes
+        evicted = gateway.wait_log(lambda r: r.get("event") == "session_evicted")
+        self.assertEqual((evicted["session"], evicted["limit"]), (unused.session_id[:8], "max_sessions"))
+        self.assertEqual(unused.post(rpc("ping"))[0], 404)
+        views = wait_for(lambda: [v for v in session_views(gateway).values() if v["session"] == fresh.session_id[:8]
+                                  and v["age_s"] > 0.3], what="the new session to be past its grace")
+        self.assertEqual((views[0]["used"], views[0]["client"], views[0]["opened_by"]),
+                         (False, "test-client 1", "initialize"))
+        self.assertEqual(used.post(rpc("ping", request_id=4))[0], 200)
+        McpClient(gateway)  # `fresh` never made a request within its grace: it goes first, though more recent
+        self.assertEqual(fresh.post(rpc("ping"))[0], 404)
+        self.assertEqual(used.post(rpc("ping", request_id=5))[0], 200)
+
+    def test_503_only_when_every_session_is_busy(self):
+        gateway = GatewayProcess(self, base_config([fake_server()], max_sessions=2))
+        streaming, calling = McpClient(gateway), McpClient(gateway)
+        stream = streaming.open_stream()
+        hung = in_flight_from(self, calling, tool_call("hang", "h"))
+        wait_for(lambda: gateway.servers()["fake"]["calls_in_flight"] == 1, what="the call to be in flight")
+        views = session_views(gateway)
+        self.assertTrue(views[streaming.session_id[:8]]["stream_open"])
+        with self.assertRaises(AssertionError) as caught:
+            McpClient(gateway)
+        self.assertIn("too_many_sessions", str(caught.exception))
+        self.assertEqual(calling.delete(), 204)
+        self.assertEqual(hung.result(TIMEOUT)[2][0]["error"]["code"], -32800)
+        hang_up(stream)
         McpClient(gateway)  # there is room again
+
+    def test_a_session_opened_by_a_get_ends_soon_after_its_stream(self):
+        gateway = GatewayProcess(self, base_config([fake_server()], session_grace_ms=200, max_sessions=3,
+                                                   sse_keepalive_ms=100))
+        for _ in range(5):  # more than max_sessions GETs in a row, each hung up: none blocks the next
+            conn = gateway.connect()
+            conn.request("GET", "/fake/rpc", headers={"Authorization": "Bearer " + TOKEN,
+                                                      "Accept": "text/event-stream"})
+            response = conn.getresponse()
+            self.assertEqual(response.status, 200)
+            session_id = response.getheader("Mcp-Session-Id")
+            conn.close()
+        gateway.wait_log(lambda r: r.get("event") == "session_closed" and r.get("session") == session_id[:8] and
+                         r.get("reason") == "its stream ended and it was never used")
+        self.assertEqual(gateway.call("fake", rpc("ping"), headers={"Mcp-Session-Id": session_id})[0], 404)
+        kept = McpClient(gateway)  # an initialized session is not ended for being unused (reaped every 50 ms)
+        wait_for(lambda: session_views(gateway)[kept.session_id[:8]]["age_s"] > 0.5, what="a few reaper rounds")
+        self.assertEqual(kept.post(rpc("ping"))[0], 200)
 
 
 class RestartInvisibleTest(unittest.TestCase):
@@ -1462,6 +1536,111 @@ class RestartInvisibleTest(unittest.TestCase):
                  client.call("received")["structuredContent"]["subscriptions"], what="the subscription to be renewed")
 
 
+class RestartNoticeTest(unittest.TestCase):
+    def test_each_list_changed_reaches_a_session_once_until_it_lists_again(self):
+        gateway = GatewayProcess(self, base_config([fake_server("fake", "--list-changed-burst", "5")]))
+        client = McpClient(gateway)
+        stream = client.open_stream()
+        client.post(tool_call("crash", 2, code=9))
+        self.assertEqual(client.call("echo", text="restarted")["content"][0]["text"], "restarted")
+
+        def tools_changed_until(marker):
+            client.call("notify", method="notifications/message", params={"level": "info", "data": marker})
+            events = stream_until(stream, lambda m: m.get("params", {}).get("data") == marker)
+            return [m for _, m in events if not isinstance(m, str) and
+                    m["method"] == "notifications/tools/list_changed"]
+        self.assertEqual(len(tools_changed_until("after restart")), 1)  # the gateway's and the child's burst of 5
+        client.call("notify", method="notifications/tools/list_changed")
+        self.assertEqual(tools_changed_until("not listed yet"), [])
+        self.assertEqual(client.post(rpc("tools/list", request_id=3))[0], 200)
+        client.call("notify", method="notifications/tools/list_changed")
+        self.assertEqual(len(tools_changed_until("listed again")), 1)
+        hang_up(stream)
+
+
+def answer_child_request(client, message, result):
+    """Posts `message` (a call that makes the child ask its client), answers the child's request that arrives on
+    the call's stream with `result`; returns (the request, the call's final answer)."""
+    conn = client.gateway.connect()
+    conn.request("POST", client.path, json.dumps(message), client.headers())
+    response = conn.getresponse()
+    request = read_sse(response, until=lambda m: "id" in m and "method" in m)[-1][1]
+    assert client.post({"jsonrpc": "2.0", "id": request["id"], "result": result})[0] == 202
+    return request, [m for _, m in read_sse(response) if not isinstance(m, str)][-1]
+
+
+class RootsTest(unittest.TestCase):
+    """Roots are one client's own: which client, if any, a child's roots/list reaches (the `roots` setting)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.folder = tempfile.mkdtemp(prefix="hmg-roots-")
+        cls.fixed = [{"uri": "file://" + urllib.parse.quote(cls.folder), "name": os.path.basename(cls.folder)},
+                     {"uri": "file:///srv/shared%20data", "name": "shared data"}]
+        cls.gateway = GatewayProcess(cls, base_config([
+            fake_server("fixed", roots=[cls.folder, "file:///srv/shared%20data"]), fake_server("unset"),
+            fake_server("own", isolation="session", autostart=False),
+            fake_server("own-fixed", isolation="session", autostart=False, roots=[cls.folder])]))
+
+    @classmethod
+    def addCleanup(cls, function, *args):
+        cls.addClassCleanup(function, *args)
+
+    def client(self, server_id):
+        return McpClient(self.gateway, server_id, capabilities={"roots": {"listChanged": True}, "sampling": {}})
+
+    @staticmethod
+    def notified_after_roots_changed(client):
+        """The notifications the child has seen once the client said its roots changed (and a marker)."""
+        for method in ("notifications/roots/list_changed", "notifications/marker-roots"):
+            assert client.post({"jsonrpc": "2.0", "method": method})[0] == 202
+        wait_for(lambda: "notifications/marker-roots" in [
+            n["method"] for n in client.call("received")["structuredContent"]["notifications"]], what="the marker")
+        return [n["method"] for n in client.call("received")["structuredContent"]["notifications"]]
+
+    def test_fixed_roots_are_answered_by_the_gateway_and_survive_a_restart(self):
+        client = self.client("fixed")
+        for attempt in ("first child", "after a restart"):
+            with self.subTest(attempt):
+                status, _, messages = client.post(tool_call("ask", 1, method="roots/list"))
+                self.assertEqual((status, len(messages)), (200, 1))  # the client was never asked
+                self.assertEqual(messages[0]["result"]["structuredContent"]["response"]["result"],
+                                 {"roots": self.fixed})
+                capabilities = client.call("received")["structuredContent"]["initialize"]["capabilities"]
+                self.assertEqual(capabilities["roots"], {})
+                client.post(tool_call("crash", 2, code=1))
+        self.assertNotIn("notifications/roots/list_changed", self.notified_after_roots_changed(client))
+
+    def test_unset_roots_are_refused_at_once_even_when_the_caller_has_some(self):
+        client = self.client("unset")
+        started = time.monotonic()
+        status, _, messages = client.post(tool_call("ask", 1, method="roots/list"))
+        self.assertLess(time.monotonic() - started, 2)
+        self.assertEqual((status, len(messages)), (200, 1))
+        self.assertEqual(messages[0]["result"]["structuredContent"]["response"]["error"]["code"], -32601)
+        self.assertNotIn("roots", client.call("received")["structuredContent"]["initialize"]["capabilities"])
+        self.assertNotIn("notifications/roots/list_changed", self.notified_after_roots_changed(client))
+
+    def test_a_per_session_child_asks_its_own_client(self):
+        client = self.client("own")
+        capabilities = client.call("received")["structuredContent"]["initialize"]["capabilities"]
+        self.assertEqual(capabilities["roots"], {"listChanged": True})
+        mine = {"roots": [{"uri": "file:///Users/a/projects"}]}
+        request, answer = answer_child_request(client, tool_call("ask", 1, method="roots/list"), mine)
+        self.assertEqual(request["method"], "roots/list")
+        self.assertEqual(answer["result"]["structuredContent"]["response"]["result"], mine)
+        self.assertIn("notifications/roots/list_changed", self.notified_after_roots_changed(client))
+
+    def test_a_per_session_child_with_fixed_roots_gets_them_from_the_gateway(self):
+        client = self.client("own-fixed")
+        capabilities = client.call("received")["structuredContent"]["initialize"]["capabilities"]
+        self.assertEqual((capabilities["roots"], capabilities["sampling"]), ({}, {}))
+        status, _, messages = client.post(tool_call("ask", 1, method="roots/list"))
+        self.assertEqual((status, len(messages)), (200, 1))
+        self.assertEqual(messages[0]["result"]["structuredContent"]["response"]["result"], {"roots": self.fixed[:1]})
+        self.assertNotIn("notifications/roots/list_changed", self.notified_after_roots_changed(client))
+
+
 class IsolationTest(unittest.TestCase):
     def test_each_session_gets_its_own_child(self):
         gateway = GatewayProcess(self, base_config([fake_server("own", isolation="session", max_children=2,
@@ -1472,9 +1651,8 @@ class IsolationTest(unittest.TestCase):
         self.assertEqual([p["initializes"] for p in pids], [1, 1])
         children = gateway.servers()["own"]["children"]
         self.assertEqual(sorted(child["pid"] for child in children), sorted(p["pid"] for p in pids))
-        with self.assertRaises(AssertionError) as caught:
-            McpClient(gateway, "own")
-        self.assertIn("too_many_children", str(caught.exception))
+        self.assertEqual({child["session"] for child in children}, {first.session_id[:8], second.session_id[:8]})
+        self.assertTrue(all(child["session_age_s"] >= child["session_idle_s"] >= 0 for child in children))
         status, reply = gateway.call("own", rpc("ping"))
         self.assertEqual((status, reply["error"]["data"]["error_code"]), (400, "session_required"))
         status, _, body = gateway.request("POST", "/rpc", {"server_id": "own", "payload": rpc("ping")})
@@ -1487,6 +1665,28 @@ class IsolationTest(unittest.TestCase):
         McpClient(gateway, "own")  # room for another
         self.assertEqual(gateway.stop(), 0)
         wait_for(lambda: process_gone(pids[1]["pid"]), what="every child to stop")
+
+    def test_sessions_that_are_never_closed_give_way_to_new_ones(self):
+        gateway = GatewayProcess(self, base_config([fake_server("own", isolation="session", max_children=2,
+                                                                autostart=False)]))
+        busy, idle = McpClient(gateway, "own"), McpClient(gateway, "own")
+        idle_pid = idle.call("pid")["structuredContent"]["pid"]
+        stream = busy.open_stream()
+        for _ in range(3):  # like `claude mcp list` run again and again: initialize, never DELETE
+            newest = McpClient(gateway, "own")
+        self.assertEqual(idle.post(rpc("ping"))[0], 404)
+        wait_for(lambda: process_gone(idle_pid), what="the evicted session's child to stop")
+        evictions = [r for r in gateway.logs if r.get("event") == "session_evicted"]
+        self.assertEqual([r["limit"] for r in evictions], ["max_children"] * 3)
+        hung = in_flight_from(self, newest, tool_call("hang", "h"))
+        wait_for(lambda: any(child["calls_in_flight"] for child in gateway.servers()["own"]["children"]),
+                 what="the call to be in flight")
+        with self.assertRaises(AssertionError) as caught:  # a stream and a call in flight: nobody gives way
+            McpClient(gateway, "own")
+        self.assertIn("too_many_children", str(caught.exception))
+        self.assertEqual(newest.delete(), 204)
+        self.assertEqual(hung.result(TIMEOUT)[2][0]["error"]["code"], -32800)
+        hang_up(stream)
 
 
 # Telemetry: OTEL_* settings, OTLP/HTTP JSON export, trace context, Prometheus ------------------------------------

@@ -12,6 +12,7 @@ Flags:
   --stderr-at-start N   write N lines "startup line i" to stderr before serving
   --name NAME           serverInfo.name (default "fake")
   --stubborn            ignore SIGTERM, and keep running after stdin ends (only SIGKILL stops it)
+  --list-changed-burst N  after answering initialize, send notifications/tools/list_changed N times
 
 Methods: initialize, ping, tools/list, tools/call, resources/list,
 resources/subscribe, resources/unsubscribe, prompts/list; anything else is
@@ -31,7 +32,7 @@ Tools (tools/call):
   notify {method, params}     writes that notification to stdout, answers "notified"
   progress {steps, delay?}    notifications/progress for params._meta.progressToken
   ask {method, params?, timeout?}  server-to-client request, answers with the response
-  received {}                 recorded notifications and subscriptions
+  received {}                 recorded notifications, subscriptions and the last initialize's params
   spawn_grandchild {}         starts `sleep 1000`, answers with its pid
   stop_reading {seconds}      answers, then reads nothing more from stdin for that long
 Unknown tools give -32602 "unknown tool: X".
@@ -179,7 +180,8 @@ def call_tool(params: dict) -> dict | None:
     if name == "received":
         with _state:
             data = {"notifications": list(_notifications),
-                    "subscriptions": list(_subscriptions)}
+                    "subscriptions": list(_subscriptions),
+                    "initialize": _counters.get("initialize_params")}
         return text_result("received", data)
     if name == "stop_reading":
         with _state:
@@ -196,6 +198,7 @@ def handle_request(method: str, params: dict) -> Any:
     if method == "initialize":
         with _state:
             _counters["initializes"] += 1
+            _counters["initialize_params"] = params
         if ARGS.handshake == "hang":
             return None
         if ARGS.handshake == "die":
@@ -239,6 +242,9 @@ def serve_request(msg: dict) -> None:
     except Exception as exc:  # a bad argument, say
         reply["error"] = {"code": -32603, "message": "%s: %s" % (type(exc).__name__, exc)}
     send(reply)
+    if msg["method"] == "initialize":
+        for _ in range(ARGS.list_changed_burst):  # what a server re-registering its tools one by one sends
+            notify("notifications/tools/list_changed", {})
 
 
 def dispatch(line: bytes) -> None:
@@ -269,6 +275,7 @@ def main() -> None:
     parser.add_argument("--stderr-at-start", type=int, default=0, metavar="N")
     parser.add_argument("--name", default="fake")
     parser.add_argument("--stubborn", action="store_true")
+    parser.add_argument("--list-changed-burst", type=int, default=0, metavar="N")
     ARGS = parser.parse_args()
     if ARGS.stubborn:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
