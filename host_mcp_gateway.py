@@ -361,6 +361,10 @@ def _check_auth_token(value):
         return "must be a string; " + TOKEN_HELP
     if "replace-me" in value:
         return "still holds the placeholder; " + TOKEN_HELP
+    if value != value.strip():  # a client's token is stripped, so this one could never match
+        return "has leading or trailing whitespace; remove it"
+    if not all(" " <= c <= "~" for c in value):  # headers arrive as latin-1: other characters never match
+        return "must be printable ASCII (letters, digits, punctuation); " + TOKEN_HELP
     if len(value) < 32:
         return "must be at least 32 characters; " + TOKEN_HELP
     return None
