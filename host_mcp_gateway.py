@@ -547,10 +547,12 @@ def load_config(path):
 
 
 class Allowlist:
-    """Client addresses allowed to connect. `localhost` means 127.0.0.0/8 and ::1; an IPv4 client seen on a
-    dual-stack socket as ::ffff:a.b.c.d matches IPv4 entries."""
+    """Client addresses allowed to connect. `localhost` means 127.0.0.0/8 and ::1. An IPv4 client seen on a
+    dual-stack socket as ::ffff:a.b.c.d is compared as a.b.c.d, so IPv4-mapped entries (::ffff:127.0.0.1,
+    ::ffff:0:0/96) are kept as their IPv4 form: as written they could never match."""
 
     LOCALHOST = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+    IPV4_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
 
     def __init__(self, entries):
         self._networks = []
@@ -558,14 +560,22 @@ class Allowlist:
             if entry.strip().lower() == "localhost":
                 self._networks.extend(self.LOCALHOST)
             else:
-                self._networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+                self._networks.append(self.network(entry))
+
+    @classmethod
+    def network(cls, entry):
+        """The network an entry that is not `localhost` stands for; raises ValueError."""
+        network = ipaddress.ip_network(entry.strip(), strict=False)
+        if network.version == 6 and network.subnet_of(cls.IPV4_MAPPED):
+            return ipaddress.ip_network((network.network_address.ipv4_mapped, network.prefixlen - 96))
+        return network
 
     @staticmethod
     def entry_problem(entry):
         if entry.strip().lower() == "localhost":
             return None
         try:
-            ipaddress.ip_network(entry.strip(), strict=False)
+            Allowlist.network(entry)
         except ValueError:
             return "'%s' is not an IP address, a CIDR or 'localhost'" % entry
         return None

@@ -342,6 +342,11 @@ class AllowlistTest(unittest.TestCase):
             (["192.168.1.7"], "192.168.1.7", True), (["192.168.1.7"], "192.168.1.8", False),
             (["fd00::/8"], "fd12::1", True), (["fd00::/8"], "fe80::1", False), (["fe80::/10"], "fe80::1%eth0", True),
             (["LOCALHOST"], "127.0.0.1", True), ([], "127.0.0.1", False), (["localhost"], "garbage", False),
+            # IPv4-mapped entries stand for their IPv4 form, as IPv4 clients are compared as IPv4
+            (["::ffff:127.0.0.1"], "127.0.0.1", True), (["::ffff:127.0.0.1"], "::ffff:127.0.0.1", True),
+            (["::ffff:127.0.0.1"], "127.0.0.2", False), (["::ffff:0:0/96"], "10.1.2.3", True),
+            (["::ffff:0:0/96"], "::1", False), (["::ffff:10.0.0.0/104"], "::ffff:10.200.0.1", True),
+            (["::ffff:10.0.0.0/104"], "11.0.0.1", False), (["::ffff:0:0/95"], "10.1.2.3", False),
         ]
         for entries, address, allowed in cases:
             with self.subTest(entries=entries, address=address):
@@ -349,7 +354,8 @@ class AllowlistTest(unittest.TestCase):
 
     def test_entry_problems(self):
         for entry, ok in [("localhost", True), ("10.0.0.0/8", True), ("::1", True), ("10.0.0.1/33", False),
-                          ("example.com", False), ("", False)]:
+                          ("example.com", False), ("", False), ("::ffff:127.0.0.1", True), ("::ffff:0:0/96", True),
+                          ("::ffff:10.0.0.0/104", True), ("::ffff:10.0.0.1/129", False)]:
             with self.subTest(entry=entry):
                 self.assertEqual(gw.Allowlist.entry_problem(entry) is None, ok)
 
