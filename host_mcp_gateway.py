@@ -422,6 +422,23 @@ SERVER_FIELDS = {
 }
 
 
+CLIENT_FORMAT_HINT = ('that is how MCP clients (Claude Desktop, Cursor, VS Code) list servers; the gateway takes '
+                      '"servers", a list of objects, each with its name as server_id: "servers": [{"server_id": '
+                      '"files", "command": "npx", "args": ["-y", "@modelcontextprotocol/server-filesystem"], '
+                      '"env": {}}]')
+# Keys people bring from other tools -> the key they mean, or the whole hint. Looked up before difflib, which
+# is also given these names so that their typos (bind_adress) find the right key.
+CONFIG_ALIASES = {
+    "allowed_ips": "allowed_clients", "allowed_hosts": "allowed_clients", "allowlist": "allowed_clients",
+    "bind_address": "bind_host", "host": "bind_host", "port": "bind_port", "token": "auth_token",
+    "mcpServers": CLIENT_FORMAT_HINT,
+}
+SERVER_ALIASES = {
+    "cwd": "working_dir", "working_directory": "working_dir", "environment": "env", "cmd": "command",
+    "arguments": "args", "name": "server_id", "id": "server_id",
+}
+
+
 class ServerSpec:
     """One configured MCP server, validated."""
 
@@ -449,18 +466,25 @@ class Config:
         self.path = path
 
 
-def _unknown_key_error(path, key, known):
-    match = difflib.get_close_matches(key, list(known), n=1)
-    hint = "; did you mean %s?" % match[0] if match else "; known keys: " + ", ".join(known)
-    return "%s%s: unknown key%s" % (path, key, hint)
+def unknown_key_hint(key, fields, aliases):
+    """What to tell about a key not in `fields`: the key meant (from `aliases`, else the closest by difflib), or
+    the known keys."""
+    if key in aliases:
+        meant = aliases[key]
+    else:
+        matches = difflib.get_close_matches(key, list(fields) + list(aliases), n=1)
+        meant = aliases.get(matches[0], matches[0]) if matches else None
+    if meant in fields:
+        return "did you mean %s?" % meant
+    return meant or "known keys: " + ", ".join(fields)
 
 
-def _apply_fields(raw, fields, path, errors):
+def _apply_fields(raw, fields, aliases, path, errors):
     """Check `raw` against a field table; returns the values with defaults filled in. Problems go to `errors`."""
     values = {}
     for key in raw:
         if key not in fields:
-            errors.append(_unknown_key_error(path, key, fields))
+            errors.append("%s%s: unknown key; %s" % (path, key, unknown_key_hint(key, fields, aliases)))
     for key, field in fields.items():
         if key not in raw:
             if field.default is Field.REQUIRED:
@@ -491,10 +515,13 @@ def validate_config(raw, path=None):
     if not isinstance(raw, dict):
         raise ConfigError(["config: must be a JSON object"])
     errors = []
-    values = _apply_fields(raw, CONFIG_FIELDS, "", errors)
+    values = _apply_fields(raw, CONFIG_FIELDS, CONFIG_ALIASES, "", errors)
     servers = []
     raw_servers = raw.get("servers")
-    if "servers" in raw and not (isinstance(raw_servers, list) and raw_servers):
+    if isinstance(raw_servers, dict):
+        errors.append("servers: must be a list, not an object keyed by name; " + CLIENT_FORMAT_HINT)
+        raw_servers = []
+    elif "servers" in raw and not (isinstance(raw_servers, list) and raw_servers):
         errors.append("servers: must be a non-empty list of server objects")
         raw_servers = []
     seen = set()
@@ -503,7 +530,7 @@ def validate_config(raw, path=None):
         if not isinstance(raw_server, dict):
             errors.append("servers[%d]: must be an object" % index)
             continue
-        server_values = _apply_fields(raw_server, SERVER_FIELDS, where, errors)
+        server_values = _apply_fields(raw_server, SERVER_FIELDS, SERVER_ALIASES, where, errors)
         if "server_id" in raw_server:
             problem = _check_server_id(raw_server["server_id"], seen)
             if problem:

@@ -303,6 +303,35 @@ class ConfigValidationTest(unittest.TestCase):
                 messages = self.errors_for(raw)
                 self.assertTrue(any(m.startswith(expected) for m in messages), messages)
 
+    def test_unknown_keys_get_the_key_they_likely_mean(self):
+        top, server = (gw.CONFIG_FIELDS, gw.CONFIG_ALIASES), (gw.SERVER_FIELDS, gw.SERVER_ALIASES)
+        cases = [
+            (top, "allowed_ips", "did you mean allowed_clients?"),
+            (top, "allowed_hosts", "did you mean allowed_clients?"),
+            (top, "bind_adress", "did you mean bind_host?"), (top, "bind_hots", "did you mean bind_host?"),
+            (top, "port", "did you mean bind_port?"), (top, "tokn", "did you mean auth_token?"),
+            (top, "allowedClients", "did you mean allowed_clients?"), (top, "zzz", "known keys: bind_host, bind_port"),
+            (server, "cwd", "did you mean working_dir?"), (server, "environment", "did you mean env?"),
+            (server, "enviroment", "did you mean env?"), (server, "restart_polcy", "did you mean restart_policy?"),
+            (server, "comand", "did you mean command?"), (server, "name", "did you mean server_id?"),
+        ]
+        for (fields, aliases), key, expected in cases:
+            with self.subTest(key=key):
+                self.assertTrue(gw.unknown_key_hint(key, fields, aliases).startswith(expected))
+
+    def test_an_mcp_client_config_is_explained(self):
+        command = {"command": "npx", "args": ["-y", "x"]}
+        for raw, where in [({"mcpServers": {"files": command}}, "mcpServers: unknown key; "),
+                           ({"mcp_servers": {"files": command}}, "mcp_servers: unknown key; "),
+                           ({"servers": {"files": command}}, "servers: must be a list, not an object keyed by name; ")]:
+            with self.subTest(raw=raw):
+                messages = self.errors_for(dict(raw, auth_token=TOKEN, allowed_clients=["localhost"]))
+                explained = [m for m in messages if m.startswith(where)]
+                self.assertEqual(len(explained), 1, messages)
+                for phrase in ("MCP clients", '"servers", a list of objects', '"server_id": "files"', '"command"',
+                               '"args"', '"env"'):
+                    self.assertIn(phrase, explained[0])
+
     def test_every_error_is_reported_at_once(self):
         messages = self.errors_for({"auth_token": "short", "bind_port": -1, "allowed_clients": ["x"],
                                     "servers": [{"server_id": "rpc"}]})
