@@ -551,6 +551,18 @@ def validate_config(raw, path=None):
     return Config(values, servers, path)
 
 
+def describe_json_error(error):
+    """A json.JSONDecodeError as a config editor needs it: where, what, and the likely slip when it is one."""
+    text, pos = error.doc, error.pos
+    where = "invalid JSON at line %d, column %d: %s" % (error.lineno, error.colno, error.msg)
+    if text.startswith(("//", "/*", "#"), pos):
+        return where + " (JSON allows no comments: remove it)"
+    before, after = text[:pos].rstrip(), text[pos:].lstrip(",").lstrip()  # 3.13 points at the comma, 3.9 after it
+    if after[:1] in ("}", "]") and (before.endswith(",") or text.startswith(",", pos)):
+        return where + " (JSON allows no comma after the last item: remove it)"
+    return where
+
+
 def load_config(path):
     """Reads and validates the config file; returns (Config, warnings) or raises ConfigError."""
     path = os.path.expanduser(path)
@@ -565,7 +577,7 @@ def load_config(path):
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ConfigError(["%s: invalid JSON at line %d, column %d: %s" % (path, e.lineno, e.colno, e.msg)])
+        raise ConfigError(["%s: %s" % (path, describe_json_error(e))]) from None
     config = validate_config(raw, path)
     warnings = []
     if mode & (stat.S_IRGRP | stat.S_IROTH):

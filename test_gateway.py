@@ -348,6 +348,26 @@ class ConfigValidationTest(unittest.TestCase):
             with self.assertRaises(gw.ConfigError) as caught:
                 gw.load_config(path)
             self.assertIn("invalid JSON at line 3, column 3", caught.exception.messages[0])
+            with open(path, "w") as f:
+                f.write('{\n  "auth_token": "x",\n}')
+            with self.assertRaises(gw.ConfigError) as caught:
+                gw.load_config(path)
+            self.assertIn("(JSON allows no comma after the last item: remove it)", caught.exception.messages[0])
+
+    def test_json_slips_are_named(self):
+        comment, comma = "(JSON allows no comments: remove it)", "(JSON allows no comma after the last item: remove it)"
+        cases = [('{"a": 1,}', comma), ('{"a": [1, 2,\n  ]}', comma), ('{"a": [1, 2] ,\n}', comma),
+                 ('{\n  // note\n  "a": 1}', comment), ('{"a": 1 /* note */}', comment), ('{"a": # note\n 1}', comment),
+                 ('{"a": 1 "b": 2}', None), ('{"a": x}', None), ('{"a": [1,, 2]}', None)]
+        for text, hint in cases:  # the messages before the hint differ between Python versions
+            with self.subTest(text=text):
+                with self.assertRaises(json.JSONDecodeError) as caught:
+                    json.loads(text)
+                error = caught.exception
+                described = gw.describe_json_error(error)
+                self.assertTrue(described.startswith("invalid JSON at line %d, column %d: %s"
+                                                     % (error.lineno, error.colno, error.msg)), described)
+                self.assertTrue(described.endswith(hint or error.msg), described)
 
     def test_readable_config_file_is_warned_about(self):
         with tempfile.TemporaryDirectory() as folder:
