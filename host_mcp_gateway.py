@@ -3488,18 +3488,25 @@ def run_demo(logger):
     return serve(config, logger, announce)
 
 
+def _path_argument(value):
+    if not value.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return value
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="host_mcp_gateway.py", allow_abbrev=False,
         description="Serve this host's stdio MCP servers to MCP clients over authenticated HTTP.",
         epilog="Exit codes: 0 clean stop, 1 runtime failure, 2 config or usage error.")
-    parser.add_argument("-config", "--config", metavar="PATH",
+    parser.add_argument("-config", "--config", metavar="PATH", type=_path_argument,
                         help="config file (default %s)" % DEFAULT_CONFIG_PATH)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true",
                       help="validate the config and the host (commands, directories) without serving")
-    mode.add_argument("--init", nargs="?", const=DEFAULT_CONFIG_PATH, metavar="PATH",
-                      help="write a starter config with a new token (default path %s)" % DEFAULT_CONFIG_PATH)
+    mode.add_argument("--init", nargs="?", const=True, metavar="PATH", type=_path_argument,
+                      help="write a starter config with a new token to PATH, else to -config PATH, else to %s"
+                      % DEFAULT_CONFIG_PATH)
     mode.add_argument("--demo", action="store_true",
                       help="serve the embedded example server on 127.0.0.1:%d with a new token" % DEFAULT_PORT)
     mode.add_argument("--example-server", action="store_true",
@@ -3510,11 +3517,15 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.example_server:
         return run_example_server()
-    if args.init:
-        return init_config(args.init)
+    if args.init is not None:
+        path = args.config if args.init is True else args.init  # a bare --init writes where -config points
+        if args.config and path != args.config:
+            parser.error("--init %s and -config %s name two files; give the path once" % (path, args.config))
+        return init_config(path or DEFAULT_CONFIG_PATH)
     logger = Logger(level=args.log_level)
     if args.demo:
         return run_demo(logger)

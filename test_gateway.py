@@ -623,6 +623,26 @@ class CliTest(unittest.TestCase):
         with open(path) as f:
             self.assertEqual(json.load(f)["auth_token"], config["auth_token"])
 
+    def test_init_writes_where_config_points_and_refuses_an_empty_path(self):
+        env = dict(os.environ, HOME=self.folder)  # the default path, if anything wrongly wrote there
+        a, b, c, d, e, f = (os.path.join(self.folder, name + ".json") for name in "abcdef")
+        for args, written in [(["--init", "-config", a], a), (["-config", b, "--init"], b), (["--init", c], c),
+                              (["--init", d, "-config", d], d)]:
+            with self.subTest(args=args):
+                result = run_cli(*args, env=env)
+                self.assertEqual(result.returncode, 0, result.stderr)
+                self.assertIn("wrote " + written, result.stdout)
+        for args, complaint in [(["--init", e, "-config", f], "name two files"),
+                                (["--init", ""], "--init: must not be empty"),
+                                (["-config", ""], "-config/--config: must not be empty"),
+                                (["--check", "-config", " "], "-config/--config: must not be empty")]:
+            with self.subTest(args=args):
+                result = run_cli(*args, env=env)
+                self.assertEqual(result.returncode, 2)
+                self.assertIn(complaint, result.stderr)
+                self.assertIn("usage:", result.stderr)
+        self.assertEqual(sorted(os.listdir(self.folder)), ["a.json", "b.json", "c.json", "d.json"])
+
     def test_port_in_use_exits_1_naming_the_address(self):
         with socket.socket() as taken:
             taken.bind(("127.0.0.1", 0))
