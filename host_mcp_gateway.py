@@ -651,12 +651,17 @@ def command_path(spec):
     return os.path.expanduser(spec.command)
 
 
+def command_file(spec):
+    """The file a command with a `/` names."""
+    return os.path.join(os.path.expanduser(spec.working_dir) or os.getcwd(), command_path(spec))
+
+
 def resolve_command(spec):
     """Where the child's command will be found, or None. Returns (path or None, searched PATH, its source);
     a command with a `/` is not searched for, and its source is None."""
     command = command_path(spec)
     if os.sep in command:
-        candidate = os.path.join(os.path.expanduser(spec.working_dir) or os.getcwd(), command)
+        candidate = command_file(spec)
         found = candidate if os.path.isfile(candidate) and os.access(candidate, os.X_OK) else None
         return found, None, None
     search_path, source = command_search_path(spec)
@@ -664,18 +669,28 @@ def resolve_command(spec):
 
 
 def check_host(config):
-    """The --check probes beyond the config's shape: commands, working directories. Returns (errors, notes)."""
+    """The --check probes beyond the config's shape: commands, working directories, paths in args. Returns
+    (errors, notes)."""
     errors, notes = [], []
     for index, spec in enumerate(config.servers):
         where = "servers[%d]" % index
+        for arg_index, arg in enumerate(spec.args):
+            # only what is plainly a path; a warning, since a server may create it
+            if arg.startswith(("/", "~/")) and not os.path.exists(os.path.expanduser(arg)):
+                notes.append("%s.args[%d]: %s does not exist" % (where, arg_index, arg))
         if spec.working_dir and not os.path.isdir(os.path.expanduser(spec.working_dir)):
             errors.append("%s.working_dir: %s does not exist" % (where, spec.working_dir))
             continue
         found, search_path, source = resolve_command(spec)
+        find_it = "`command -v %s` in a shell where it works shows its path" % os.path.basename(spec.command)
         if not found and source is None:
-            errors.append("%s.command: %s is not an executable file" % (where, spec.command))
-        elif not found:
-            errors.append("%s.command: '%s' not found on %s (%s)" % (where, spec.command, source, search_path))
+            exists = os.path.exists(command_file(spec))
+            errors.append("%s.command: %s %s" % (where, spec.command, "is not an executable file" if exists
+                                                  else "does not exist; " + find_it))
+        elif not found:  # only here does launchd's PATH matter
+            launchd = "" if source != "the gateway's PATH" else "; a LaunchAgent starts with PATH=" + LAUNCHD_PATH
+            errors.append("%s.command: '%s' not found on %s (%s); give its absolute path (%s) or add its folder to "
+                          "env.PATH%s" % (where, spec.command, source, search_path, find_it, launchd))
         elif source == "the gateway's PATH" and os.path.dirname(found) not in LAUNCHD_PATH.split(":"):
             notes.append("%s.command: found at %s, but a LaunchAgent starts with PATH=%s; set the absolute path "
                          "or env.PATH for this server if it runs under launchd" % (where, found, LAUNCHD_PATH))
@@ -3405,8 +3420,6 @@ def check_config(config, warnings):
     for line in errors:
         print("error: " + line, file=sys.stderr)
     if errors:
-        print("(a LaunchAgent starts with PATH=%s, so a command found in your shell may not be found there)"
-              % LAUNCHD_PATH, file=sys.stderr)
         return 2
     print("%s: OK, %d server(s): %s" % (config.path, len(config.servers),
                                         ", ".join(spec.server_id for spec in config.servers)))

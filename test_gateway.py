@@ -585,6 +585,24 @@ class CliTest(unittest.TestCase):
         self.assertIn("LaunchAgent starts with PATH=/usr/bin:/bin:/usr/sbin:/sbin", result.stderr)
         self.assertNotIn("servers[0]", result.stderr.replace("servers[0].command: found", ""))
 
+    def test_check_says_which_file_is_missing(self):
+        env = dict(os.environ, HOME=self.folder)
+        uvx = os.path.join(self.folder, "bin", "uvx")
+        paths = fake_server("paths", "/nonexistent/hmg/Documents", "~/nowhere", "--root=/nonexistent", "relative/x", "~")
+        path = self.write_config(base_config([{"server_id": "uvx", "command": uvx}, paths]))
+        result = run_cli("--check", "-config", path, env=env)
+        self.assertEqual(result.returncode, 2, result.stderr)
+        self.assertIn("error: servers[0].command: %s does not exist; `command -v uvx` in a shell where it works shows "
+                      "its path" % uvx, result.stderr)
+        self.assertNotIn("LaunchAgent", result.stderr)  # launchd's PATH has nothing to do with an absolute path
+        warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: servers[1].")]
+        self.assertEqual(warnings, ["warning: servers[1].args[1]: /nonexistent/hmg/Documents does not exist",
+                                    "warning: servers[1].args[2]: ~/nowhere does not exist"])
+        path = self.write_config(base_config([paths]))
+        result = run_cli("--check", "-config", path, env=env)
+        self.assertEqual(result.returncode, 0, result.stderr)  # a server may create the paths it is given
+        self.assertIn("warning: servers[0].args[1]: /nonexistent/hmg/Documents does not exist", result.stderr)
+
     def test_check_passes_a_good_config_and_warns_about_permissions(self):
         path = self.write_config(base_config([fake_server("ok")]), mode=0o644)
         result = run_cli("--check", "-config", path)
@@ -702,6 +720,24 @@ class SamplesTest(unittest.TestCase):
         path = agent["EnvironmentVariables"]["PATH"].split(":")
         self.assertIn("/opt/homebrew/bin", path)
         self.assertIn("/usr/local/bin", path)
+
+    def test_check_flags_the_sample_paths_this_host_lacks(self):
+        with open(os.path.join(HERE, "config.sample.json")) as f:
+            raw = json.load(f)
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "config.json")
+            with open(path, "w") as f:
+                json.dump(dict(raw, auth_token=TOKEN), f)
+            os.chmod(path, 0o600)
+            result = run_cli("--check", "-config", path)
+        paths = [value for server in raw["servers"] for value in [server["command"]] + server["args"]
+                 if value.startswith("/")]
+        missing = [value for value in paths if not os.path.exists(value)]
+        self.assertIn("/Users/you/host-mcp-gateway/host_mcp_gateway.py", missing)
+        for value in missing:
+            self.assertIn(value + " does not exist", result.stderr)
+        if "/opt/homebrew/bin/uvx" in missing:
+            self.assertIn("`command -v uvx`", result.stderr)
 
     def test_sample_config_is_valid_but_for_its_placeholder_token(self):
         with open(os.path.join(HERE, "config.sample.json")) as f:
