@@ -388,6 +388,8 @@ CONFIG_FIELDS = {
                              "client IPs or CIDRs allowed to connect; `localhost` = 127.0.0.0/8 and ::1"),
     "allowed_origins": Field([], _check_origins,
                              "browser Origins allowed (e.g. `http://localhost:6274`); others get 403"),
+    "log_level": Field("info", _one_of(tuple(Logger.LEVELS)),
+                       "least level logged: `warning` drops the `http_request` lines; `--log-level` overrides it"),
     "request_timeout_ms": Field(30000, _check_positive_int, "how long a call may wait for its child's answer"),
     "restart_backoff_ms": Field(2000, _check_non_negative_int,
                                 "first restart delay; doubles on each consecutive failure up to 60 s"),
@@ -3484,9 +3486,10 @@ def serve(config, logger, on_listening=None):
             signal.signal(signum, handler)
 
 
-def run_demo(logger):
+def run_demo(log_level):
     raw = starter_config()
     config = validate_config(raw)
+    logger = Logger(level=log_level or config.log_level)
     probe = socket.socket()
     try:
         probe.bind(("127.0.0.1", DEFAULT_PORT))
@@ -3524,7 +3527,8 @@ def build_parser():
                       help="serve the embedded example server on 127.0.0.1:%d with a new token" % DEFAULT_PORT)
     mode.add_argument("--example-server", action="store_true",
                       help="be the embedded example MCP server on stdin/stdout (what --demo runs)")
-    parser.add_argument("--log-level", choices=sorted(Logger.LEVELS, key=Logger.LEVELS.get), default="info")
+    parser.add_argument("--log-level", choices=tuple(Logger.LEVELS),
+                        help="least level logged; overrides the config's log_level (default info)")
     parser.add_argument("--version", action="version", version="host-mcp-gateway " + VERSION)
     return parser
 
@@ -3539,9 +3543,8 @@ def main(argv=None):
         if args.config and path != args.config:
             parser.error("--init %s and -config %s name two files; give the path once" % (path, args.config))
         return init_config(path or DEFAULT_CONFIG_PATH)
-    logger = Logger(level=args.log_level)
     if args.demo:
-        return run_demo(logger)
+        return run_demo(args.log_level)
     try:
         config, warnings = load_config(args.config or DEFAULT_CONFIG_PATH)
     except ConfigError as e:
@@ -3550,6 +3553,7 @@ def main(argv=None):
         return 2
     if args.check:
         return check_config(config, warnings)
+    logger = Logger(level=args.log_level or config.log_level)
     for warning in warnings:
         logger.warning("config_warning", message=warning)
     return serve(config, logger)

@@ -246,8 +246,8 @@ class ConfigValidationTest(unittest.TestCase):
     def test_valid_config_gets_documented_defaults(self):
         config = gw.validate_config({"auth_token": TOKEN, "allowed_clients": ["localhost"],
                                      "servers": [{"server_id": "a", "command": "x"}]})
-        self.assertEqual((config.bind_host, config.bind_port, config.request_timeout_ms, config.restart_backoff_ms),
-                         ("127.0.0.1", 7411, 30000, 2000))
+        self.assertEqual((config.bind_host, config.bind_port, config.request_timeout_ms, config.restart_backoff_ms,
+                          config.log_level), ("127.0.0.1", 7411, 30000, 2000, "info"))
         spec = config.servers[0]
         self.assertEqual((spec.args, spec.working_dir, spec.env, spec.autostart, spec.restart_policy,
                           spec.startup_timeout_ms), ([], "", {}, False, "on-failure", 0))
@@ -266,6 +266,8 @@ class ConfigValidationTest(unittest.TestCase):
             ({"auth_token": TOKEN + "é"}, "auth_token: must be printable ASCII"),
             ({"auth_token": TOKEN[:20] + "\n" + TOKEN[20:]}, "auth_token: must be printable ASCII"),
             ({"bind_port": 70000}, "bind_port: must be an integer from 0 to 65535"),
+            ({"log_level": "verbose"}, "log_level: must be one of debug, info, warning, error"),
+            ({"log_level": "INFO"}, "log_level: must be one of debug, info, warning, error"),
             ({"bind_port": True}, "bind_port: must be an integer"),
             ({"request_timeout_ms": 0}, "request_timeout_ms: must be a positive integer"),
             ({"allowed_clients": ["10.0.0.0/8", "not-an-ip"]}, "allowed_clients[1]: 'not-an-ip' is not an IP"),
@@ -660,6 +662,44 @@ class CliTest(unittest.TestCase):
                 self.assertIn(complaint, result.stderr)
                 self.assertIn("usage:", result.stderr)
         self.assertEqual(sorted(os.listdir(self.folder)), ["a.json", "b.json", "c.json", "d.json"])
+
+    def served_events(self, config, *args):
+        """The events a gateway started with `config` and `args` logs while it answers two requests and stops."""
+        with socket.socket() as probe:  # the port is chosen here: above info level the gateway does not log it
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        path = self.write_config(dict(config, bind_port=port), mode=0o644)  # 0644: a config_warning, at warning
+        proc = subprocess.Popen([sys.executable, GATEWAY, "-config", path] + list(args), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+        self.addCleanup(conn.close)
+
+        def health():
+            try:
+                conn.request("GET", "/health", headers={"Authorization": "Bearer " + TOKEN})
+                response = conn.getresponse()
+                response.read()
+                return response.status
+            except OSError:
+                conn.close()
+                return None
+        wait_for(health, what="the gateway to answer")
+        health()  # on the same connection, so the first request is over and its line logged
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=TIMEOUT)
+        return [json.loads(line)["event"] for line in stderr.splitlines()]
+
+    def test_log_level_from_config_and_command_line(self):
+        config = base_config([fake_server(autostart=False)], log_level="warning")
+        events = self.served_events(config)
+        self.assertIn("config_warning", events)
+        self.assertNotIn("http_request", events)
+        self.assertNotIn("listening", events)
+        events = self.served_events(config, "--log-level", "debug")
+        self.assertIn("http_request", events)
+        self.assertIn("listening", events)
+        self.assertIn("http_request", self.served_events(dict(config, log_level="info")))
 
     def test_port_in_use_exits_1_naming_the_address(self):
         with socket.socket() as taken:
