@@ -387,6 +387,10 @@ def _check_auth_token(value):
         return "must be a string; " + TOKEN_HELP
     if "replace-me" in value:
         return "still holds the placeholder; " + TOKEN_HELP
+    if value != value.strip():  # a client's token is stripped, so this one could never match
+        return "has leading or trailing whitespace; remove it"
+    if not all(" " <= c <= "~" for c in value):  # headers arrive as latin-1: other characters never match
+        return "must be printable ASCII (letters, digits, punctuation); " + TOKEN_HELP
     if len(value) < 32:
         return "must be at least 32 characters; " + TOKEN_HELP
     return None
@@ -410,6 +414,8 @@ CONFIG_FIELDS = {
                              "client IPs or CIDRs allowed to connect; `localhost` = 127.0.0.0/8 and ::1"),
     "allowed_origins": Field([], _check_origins,
                              "browser Origins allowed (e.g. `http://localhost:6274`); others get 403"),
+    "log_level": Field("info", _one_of(tuple(Logger.LEVELS)),
+                       "least level logged: `warning` drops the `http_request` lines; `--log-level` overrides it"),
     "request_timeout_ms": Field(30000, _check_positive_int, "how long a call may wait for its child's answer"),
     "restart_backoff_ms": Field(2000, _check_non_negative_int,
                                 "first restart delay; doubles on each consecutive failure up to 60 s"),
@@ -452,6 +458,23 @@ SERVER_FIELDS = {
 }
 
 
+CLIENT_FORMAT_HINT = ('that is how MCP clients (Claude Desktop, Cursor, VS Code) list servers; the gateway takes '
+                      '"servers", a list of objects, each with its name as server_id: "servers": [{"server_id": '
+                      '"files", "command": "npx", "args": ["-y", "@modelcontextprotocol/server-filesystem"], '
+                      '"env": {}}]')
+# Keys people bring from other tools -> the key they mean, or the whole hint. Looked up before difflib, which
+# is also given these names so that their typos (bind_adress) find the right key.
+CONFIG_ALIASES = {
+    "allowed_ips": "allowed_clients", "allowed_hosts": "allowed_clients", "allowlist": "allowed_clients",
+    "bind_address": "bind_host", "host": "bind_host", "port": "bind_port", "token": "auth_token",
+    "mcpServers": CLIENT_FORMAT_HINT,
+}
+SERVER_ALIASES = {
+    "cwd": "working_dir", "working_directory": "working_dir", "environment": "env", "cmd": "command",
+    "arguments": "args", "name": "server_id", "id": "server_id",
+}
+
+
 class ServerSpec:
     """One configured MCP server, validated."""
 
@@ -488,18 +511,25 @@ class Config:
         self.path = path
 
 
-def _unknown_key_error(path, key, known):
-    match = difflib.get_close_matches(key, list(known), n=1)
-    hint = "; did you mean %s?" % match[0] if match else "; known keys: " + ", ".join(known)
-    return "%s%s: unknown key%s" % (path, key, hint)
+def unknown_key_hint(key, fields, aliases):
+    """What to tell about a key not in `fields`: the key meant (from `aliases`, else the closest by difflib), or
+    the known keys."""
+    if key in aliases:
+        meant = aliases[key]
+    else:
+        matches = difflib.get_close_matches(key, list(fields) + list(aliases), n=1)
+        meant = aliases.get(matches[0], matches[0]) if matches else None
+    if meant in fields:
+        return "did you mean %s?" % meant
+    return meant or "known keys: " + ", ".join(fields)
 
 
-def _apply_fields(raw, fields, path, errors):
+def _apply_fields(raw, fields, aliases, path, errors):
     """Check `raw` against a field table; returns the values with defaults filled in. Problems go to `errors`."""
     values = {}
     for key in raw:
         if key not in fields:
-            errors.append(_unknown_key_error(path, key, fields))
+            errors.append("%s%s: unknown key; %s" % (path, key, unknown_key_hint(key, fields, aliases)))
     for key, field in fields.items():
         if key not in raw:
             if field.default is Field.REQUIRED:
@@ -530,10 +560,13 @@ def validate_config(raw, path=None):
     if not isinstance(raw, dict):
         raise ConfigError(["config: must be a JSON object"])
     errors = []
-    values = _apply_fields(raw, CONFIG_FIELDS, "", errors)
+    values = _apply_fields(raw, CONFIG_FIELDS, CONFIG_ALIASES, "", errors)
     servers = []
     raw_servers = raw.get("servers")
-    if "servers" in raw and not (isinstance(raw_servers, list) and raw_servers):
+    if isinstance(raw_servers, dict):
+        errors.append("servers: must be a list, not an object keyed by name; " + CLIENT_FORMAT_HINT)
+        raw_servers = []
+    elif "servers" in raw and not (isinstance(raw_servers, list) and raw_servers):
         errors.append("servers: must be a non-empty list of server objects")
         raw_servers = []
     seen = set()
@@ -542,7 +575,7 @@ def validate_config(raw, path=None):
         if not isinstance(raw_server, dict):
             errors.append("servers[%d]: must be an object" % index)
             continue
-        server_values = _apply_fields(raw_server, SERVER_FIELDS, where, errors)
+        server_values = _apply_fields(raw_server, SERVER_FIELDS, SERVER_ALIASES, where, errors)
         if "server_id" in raw_server:
             problem = _check_server_id(raw_server["server_id"], seen)
             if problem:
@@ -563,6 +596,18 @@ def validate_config(raw, path=None):
     return Config(values, servers, path)
 
 
+def describe_json_error(error):
+    """A json.JSONDecodeError as a config editor needs it: where, what, and the likely slip when it is one."""
+    text, pos = error.doc, error.pos
+    where = "invalid JSON at line %d, column %d: %s" % (error.lineno, error.colno, error.msg)
+    if text.startswith(("//", "/*", "#"), pos):
+        return where + " (JSON allows no comments: remove it)"
+    before, after = text[:pos].rstrip(), text[pos:].lstrip(",").lstrip()  # 3.13 points at the comma, 3.9 after it
+    if after[:1] in ("}", "]") and (before.endswith(",") or text.startswith(",", pos)):
+        return where + " (JSON allows no comma after the last item: remove it)"
+    return where
+
+
 def load_config(path):
     """Reads and validates the config file; returns (Config, warnings) or raises ConfigError."""
     path = os.path.expanduser(path)
@@ -577,7 +622,7 @@ def load_config(path):
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ConfigError(["%s: invalid JSON at line %d, column %d: %s" % (path, e.lineno, e.colno, e.msg)])
+        raise ConfigError(["%s: %s" % (path, describe_json_error(e))]) from None
     config = validate_config(raw, path)
     warnings = []
     if mode & (stat.S_IRGRP | stat.S_IROTH):
@@ -586,10 +631,12 @@ def load_config(path):
 
 
 class Allowlist:
-    """Client addresses allowed to connect. `localhost` means 127.0.0.0/8 and ::1; an IPv4 client seen on a
-    dual-stack socket as ::ffff:a.b.c.d matches IPv4 entries."""
+    """Client addresses allowed to connect. `localhost` means 127.0.0.0/8 and ::1. An IPv4 client seen on a
+    dual-stack socket as ::ffff:a.b.c.d is compared as a.b.c.d, so IPv4-mapped entries (::ffff:127.0.0.1,
+    ::ffff:0:0/96) are kept as their IPv4 form: as written they could never match."""
 
     LOCALHOST = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+    IPV4_MAPPED = ipaddress.ip_network("::ffff:0:0/96")
 
     def __init__(self, entries):
         self._networks = []
@@ -597,14 +644,22 @@ class Allowlist:
             if entry.strip().lower() == "localhost":
                 self._networks.extend(self.LOCALHOST)
             else:
-                self._networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+                self._networks.append(self.network(entry))
+
+    @classmethod
+    def network(cls, entry):
+        """The network an entry that is not `localhost` stands for; raises ValueError."""
+        network = ipaddress.ip_network(entry.strip(), strict=False)
+        if network.version == 6 and network.subnet_of(cls.IPV4_MAPPED):
+            return ipaddress.ip_network((network.network_address.ipv4_mapped, network.prefixlen - 96))
+        return network
 
     @staticmethod
     def entry_problem(entry):
         if entry.strip().lower() == "localhost":
             return None
         try:
-            ipaddress.ip_network(entry.strip(), strict=False)
+            Allowlist.network(entry)
         except ValueError:
             return "'%s' is not an IP address, a CIDR or 'localhost'" % entry
         return None
@@ -641,12 +696,17 @@ def command_path(spec):
     return os.path.expanduser(spec.command)
 
 
+def command_file(spec):
+    """The file a command with a `/` names."""
+    return os.path.join(os.path.expanduser(spec.working_dir) or os.getcwd(), command_path(spec))
+
+
 def resolve_command(spec):
     """Where the child's command will be found, or None. Returns (path or None, searched PATH, its source);
     a command with a `/` is not searched for, and its source is None."""
     command = command_path(spec)
     if os.sep in command:
-        candidate = os.path.join(os.path.expanduser(spec.working_dir) or os.getcwd(), command)
+        candidate = command_file(spec)
         found = candidate if os.path.isfile(candidate) and os.access(candidate, os.X_OK) else None
         return found, None, None
     search_path, source = command_search_path(spec)
@@ -654,11 +714,15 @@ def resolve_command(spec):
 
 
 def check_host(config):
-    """The --check probes beyond the config's shape: commands, working directories, roots. Returns (errors,
-    notes)."""
+    """The --check probes beyond the config's shape: commands, working directories, paths in args, roots.
+    Returns (errors, notes)."""
     errors, notes = [], []
     for index, spec in enumerate(config.servers):
         where = "servers[%d]" % index
+        for arg_index, arg in enumerate(spec.args):
+            # only what is plainly a path; a warning, since a server may create it
+            if arg.startswith(("/", "~/")) and not os.path.exists(os.path.expanduser(arg)):
+                notes.append("%s.args[%d]: %s does not exist" % (where, arg_index, arg))
         for root in spec.roots if isinstance(spec.roots, list) else ():
             if not os.path.isdir(root_path(root)):
                 notes.append("%s.roots: %s is not a folder on this host; the child is told it anyway" % (
@@ -667,10 +731,15 @@ def check_host(config):
             errors.append("%s.working_dir: %s does not exist" % (where, spec.working_dir))
             continue
         found, search_path, source = resolve_command(spec)
+        find_it = "`command -v %s` in a shell where it works shows its path" % os.path.basename(spec.command)
         if not found and source is None:
-            errors.append("%s.command: %s is not an executable file" % (where, spec.command))
-        elif not found:
-            errors.append("%s.command: '%s' not found on %s (%s)" % (where, spec.command, source, search_path))
+            exists = os.path.exists(command_file(spec))
+            errors.append("%s.command: %s %s" % (where, spec.command, "is not an executable file" if exists
+                                                  else "does not exist; " + find_it))
+        elif not found:  # only here does launchd's PATH matter
+            launchd = "" if source != "the gateway's PATH" else "; a LaunchAgent starts with PATH=" + LAUNCHD_PATH
+            errors.append("%s.command: '%s' not found on %s (%s); give its absolute path (%s) or add its folder to "
+                          "env.PATH%s" % (where, spec.command, source, search_path, find_it, launchd))
         elif source == "the gateway's PATH" and os.path.dirname(found) not in LAUNCHD_PATH.split(":"):
             notes.append("%s.command: found at %s, but a LaunchAgent starts with PATH=%s; set the absolute path "
                          "or env.PATH for this server if it runs under launchd" % (where, found, LAUNCHD_PATH))
@@ -3563,8 +3632,6 @@ def check_config(config, warnings):
     for line in errors:
         print("error: " + line, file=sys.stderr)
     if errors:
-        print("(a LaunchAgent starts with PATH=%s, so a command found in your shell may not be found there)"
-              % LAUNCHD_PATH, file=sys.stderr)
         return 2
     print("%s: OK, %d server(s): %s" % (config.path, len(config.servers),
                                         ", ".join(spec.server_id for spec in config.servers)))
@@ -3629,9 +3696,10 @@ def serve(config, logger, on_listening=None):
             signal.signal(signum, handler)
 
 
-def run_demo(logger):
+def run_demo(log_level):
     raw = starter_config()
     config = validate_config(raw)
+    logger = Logger(level=log_level or config.log_level)
     probe = socket.socket()
     try:
         probe.bind(("127.0.0.1", DEFAULT_PORT))
@@ -3646,36 +3714,47 @@ def run_demo(logger):
     return serve(config, logger, announce)
 
 
+def _path_argument(value):
+    if not value.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return value
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="host_mcp_gateway.py", allow_abbrev=False,
         description="Serve this host's stdio MCP servers to MCP clients over authenticated HTTP.",
         epilog="Exit codes: 0 clean stop, 1 runtime failure, 2 config or usage error.")
-    parser.add_argument("-config", "--config", metavar="PATH",
+    parser.add_argument("-config", "--config", metavar="PATH", type=_path_argument,
                         help="config file (default %s)" % DEFAULT_CONFIG_PATH)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true",
                       help="validate the config and the host (commands, directories) without serving")
-    mode.add_argument("--init", nargs="?", const=DEFAULT_CONFIG_PATH, metavar="PATH",
-                      help="write a starter config with a new token (default path %s)" % DEFAULT_CONFIG_PATH)
+    mode.add_argument("--init", nargs="?", const=True, metavar="PATH", type=_path_argument,
+                      help="write a starter config with a new token to PATH, else to -config PATH, else to %s"
+                      % DEFAULT_CONFIG_PATH)
     mode.add_argument("--demo", action="store_true",
                       help="serve the embedded example server on 127.0.0.1:%d with a new token" % DEFAULT_PORT)
     mode.add_argument("--example-server", action="store_true",
                       help="be the embedded example MCP server on stdin/stdout (what --demo runs)")
-    parser.add_argument("--log-level", choices=sorted(Logger.LEVELS, key=Logger.LEVELS.get), default="info")
+    parser.add_argument("--log-level", choices=tuple(Logger.LEVELS),
+                        help="least level logged; overrides the config's log_level (default info)")
     parser.add_argument("--version", action="version", version="host-mcp-gateway " + VERSION)
     return parser
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.example_server:
         return run_example_server()
-    if args.init:
-        return init_config(args.init)
-    logger = Logger(level=args.log_level)
+    if args.init is not None:
+        path = args.config if args.init is True else args.init  # a bare --init writes where -config points
+        if args.config and path != args.config:
+            parser.error("--init %s and -config %s name two files; give the path once" % (path, args.config))
+        return init_config(path or DEFAULT_CONFIG_PATH)
     if args.demo:
-        return run_demo(logger)
+        return run_demo(args.log_level)
     try:
         config, warnings = load_config(args.config or DEFAULT_CONFIG_PATH)
     except ConfigError as e:
@@ -3684,6 +3763,7 @@ def main(argv=None):
         return 2
     if args.check:
         return check_config(config, warnings)
+    logger = Logger(level=args.log_level or config.log_level)
     for warning in warnings:
         logger.warning("config_warning", message=warning)
     return serve(config, logger)

@@ -247,8 +247,8 @@ class ConfigValidationTest(unittest.TestCase):
     def test_valid_config_gets_documented_defaults(self):
         config = gw.validate_config({"auth_token": TOKEN, "allowed_clients": ["localhost"],
                                      "servers": [{"server_id": "a", "command": "x"}]})
-        self.assertEqual((config.bind_host, config.bind_port, config.request_timeout_ms, config.restart_backoff_ms),
-                         ("127.0.0.1", 7411, 30000, 2000))
+        self.assertEqual((config.bind_host, config.bind_port, config.request_timeout_ms, config.restart_backoff_ms,
+                          config.log_level), ("127.0.0.1", 7411, 30000, 2000, "info"))
         spec = config.servers[0]
         self.assertEqual((spec.args, spec.working_dir, spec.env, spec.autostart, spec.restart_policy,
                           spec.startup_timeout_ms), ([], "", {}, False, "on-failure", 0))
@@ -262,7 +262,13 @@ class ConfigValidationTest(unittest.TestCase):
             ({"servers": []}, "servers: must be a non-empty list"),
             ({"auth_token": "replace-me-with-a-long-random-string-please"}, "auth_token: still holds the placeholder"),
             ({"auth_token": "short"}, "auth_token: must be at least 32 characters; make one with `openssl rand -hex 32`"),
+            ({"auth_token": TOKEN + " "}, "auth_token: has leading or trailing whitespace"),
+            ({"auth_token": "\t" + TOKEN}, "auth_token: has leading or trailing whitespace"),
+            ({"auth_token": TOKEN + "é"}, "auth_token: must be printable ASCII"),
+            ({"auth_token": TOKEN[:20] + "\n" + TOKEN[20:]}, "auth_token: must be printable ASCII"),
             ({"bind_port": 70000}, "bind_port: must be an integer from 0 to 65535"),
+            ({"log_level": "verbose"}, "log_level: must be one of debug, info, warning, error"),
+            ({"log_level": "INFO"}, "log_level: must be one of debug, info, warning, error"),
             ({"bind_port": True}, "bind_port: must be an integer"),
             ({"request_timeout_ms": 0}, "request_timeout_ms: must be a positive integer"),
             ({"allowed_clients": ["10.0.0.0/8", "not-an-ip"]}, "allowed_clients[1]: 'not-an-ip' is not an IP"),
@@ -300,6 +306,35 @@ class ConfigValidationTest(unittest.TestCase):
                 messages = self.errors_for(raw)
                 self.assertTrue(any(m.startswith(expected) for m in messages), messages)
 
+    def test_unknown_keys_get_the_key_they_likely_mean(self):
+        top, server = (gw.CONFIG_FIELDS, gw.CONFIG_ALIASES), (gw.SERVER_FIELDS, gw.SERVER_ALIASES)
+        cases = [
+            (top, "allowed_ips", "did you mean allowed_clients?"),
+            (top, "allowed_hosts", "did you mean allowed_clients?"),
+            (top, "bind_adress", "did you mean bind_host?"), (top, "bind_hots", "did you mean bind_host?"),
+            (top, "port", "did you mean bind_port?"), (top, "tokn", "did you mean auth_token?"),
+            (top, "allowedClients", "did you mean allowed_clients?"), (top, "zzz", "known keys: bind_host, bind_port"),
+            (server, "cwd", "did you mean working_dir?"), (server, "environment", "did you mean env?"),
+            (server, "enviroment", "did you mean env?"), (server, "restart_polcy", "did you mean restart_policy?"),
+            (server, "comand", "did you mean command?"), (server, "name", "did you mean server_id?"),
+        ]
+        for (fields, aliases), key, expected in cases:
+            with self.subTest(key=key):
+                self.assertTrue(gw.unknown_key_hint(key, fields, aliases).startswith(expected))
+
+    def test_an_mcp_client_config_is_explained(self):
+        command = {"command": "npx", "args": ["-y", "x"]}
+        for raw, where in [({"mcpServers": {"files": command}}, "mcpServers: unknown key; "),
+                           ({"mcp_servers": {"files": command}}, "mcp_servers: unknown key; "),
+                           ({"servers": {"files": command}}, "servers: must be a list, not an object keyed by name; ")]:
+            with self.subTest(raw=raw):
+                messages = self.errors_for(dict(raw, auth_token=TOKEN, allowed_clients=["localhost"]))
+                explained = [m for m in messages if m.startswith(where)]
+                self.assertEqual(len(explained), 1, messages)
+                for phrase in ("MCP clients", '"servers", a list of objects', '"server_id": "files"', '"command"',
+                               '"args"', '"env"'):
+                    self.assertIn(phrase, explained[0])
+
     def test_every_error_is_reported_at_once(self):
         messages = self.errors_for({"auth_token": "short", "bind_port": -1, "allowed_clients": ["x"],
                                     "servers": [{"server_id": "rpc"}]})
@@ -316,6 +351,26 @@ class ConfigValidationTest(unittest.TestCase):
             with self.assertRaises(gw.ConfigError) as caught:
                 gw.load_config(path)
             self.assertIn("invalid JSON at line 3, column 3", caught.exception.messages[0])
+            with open(path, "w") as f:
+                f.write('{\n  "auth_token": "x",\n}')
+            with self.assertRaises(gw.ConfigError) as caught:
+                gw.load_config(path)
+            self.assertIn("(JSON allows no comma after the last item: remove it)", caught.exception.messages[0])
+
+    def test_json_slips_are_named(self):
+        comment, comma = "(JSON allows no comments: remove it)", "(JSON allows no comma after the last item: remove it)"
+        cases = [('{"a": 1,}', comma), ('{"a": [1, 2,\n  ]}', comma), ('{"a": [1, 2] ,\n}', comma),
+                 ('{\n  // note\n  "a": 1}', comment), ('{"a": 1 /* note */}', comment), ('{"a": # note\n 1}', comment),
+                 ('{"a": 1 "b": 2}', None), ('{"a": x}', None), ('{"a": [1,, 2]}', None)]
+        for text, hint in cases:  # the messages before the hint differ between Python versions
+            with self.subTest(text=text):
+                with self.assertRaises(json.JSONDecodeError) as caught:
+                    json.loads(text)
+                error = caught.exception
+                described = gw.describe_json_error(error)
+                self.assertTrue(described.startswith("invalid JSON at line %d, column %d: %s"
+                                                     % (error.lineno, error.colno, error.msg)), described)
+                self.assertTrue(described.endswith(hint or error.msg), described)
 
     def test_readable_config_file_is_warned_about(self):
         with tempfile.TemporaryDirectory() as folder:
@@ -339,6 +394,11 @@ class AllowlistTest(unittest.TestCase):
             (["192.168.1.7"], "192.168.1.7", True), (["192.168.1.7"], "192.168.1.8", False),
             (["fd00::/8"], "fd12::1", True), (["fd00::/8"], "fe80::1", False), (["fe80::/10"], "fe80::1%eth0", True),
             (["LOCALHOST"], "127.0.0.1", True), ([], "127.0.0.1", False), (["localhost"], "garbage", False),
+            # IPv4-mapped entries stand for their IPv4 form, as IPv4 clients are compared as IPv4
+            (["::ffff:127.0.0.1"], "127.0.0.1", True), (["::ffff:127.0.0.1"], "::ffff:127.0.0.1", True),
+            (["::ffff:127.0.0.1"], "127.0.0.2", False), (["::ffff:0:0/96"], "10.1.2.3", True),
+            (["::ffff:0:0/96"], "::1", False), (["::ffff:10.0.0.0/104"], "::ffff:10.200.0.1", True),
+            (["::ffff:10.0.0.0/104"], "11.0.0.1", False), (["::ffff:0:0/95"], "10.1.2.3", False),
         ]
         for entries, address, allowed in cases:
             with self.subTest(entries=entries, address=address):
@@ -346,7 +406,8 @@ class AllowlistTest(unittest.TestCase):
 
     def test_entry_problems(self):
         for entry, ok in [("localhost", True), ("10.0.0.0/8", True), ("::1", True), ("10.0.0.1/33", False),
-                          ("example.com", False), ("", False)]:
+                          ("example.com", False), ("", False), ("::ffff:127.0.0.1", True), ("::ffff:0:0/96", True),
+                          ("::ffff:10.0.0.0/104", True), ("::ffff:10.0.0.1/129", False)]:
             with self.subTest(entry=entry):
                 self.assertEqual(gw.Allowlist.entry_problem(entry) is None, ok)
 
@@ -527,6 +588,24 @@ class CliTest(unittest.TestCase):
         self.assertIn("LaunchAgent starts with PATH=/usr/bin:/bin:/usr/sbin:/sbin", result.stderr)
         self.assertNotIn("servers[0]", result.stderr.replace("servers[0].command: found", ""))
 
+    def test_check_says_which_file_is_missing(self):
+        env = dict(os.environ, HOME=self.folder)
+        uvx = os.path.join(self.folder, "bin", "uvx")
+        paths = fake_server("paths", "/nonexistent/hmg/Documents", "~/nowhere", "--root=/nonexistent", "relative/x", "~")
+        path = self.write_config(base_config([{"server_id": "uvx", "command": uvx}, paths]))
+        result = run_cli("--check", "-config", path, env=env)
+        self.assertEqual(result.returncode, 2, result.stderr)
+        self.assertIn("error: servers[0].command: %s does not exist; `command -v uvx` in a shell where it works shows "
+                      "its path" % uvx, result.stderr)
+        self.assertNotIn("LaunchAgent", result.stderr)  # launchd's PATH has nothing to do with an absolute path
+        warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: servers[1].")]
+        self.assertEqual(warnings, ["warning: servers[1].args[1]: /nonexistent/hmg/Documents does not exist",
+                                    "warning: servers[1].args[2]: ~/nowhere does not exist"])
+        path = self.write_config(base_config([paths]))
+        result = run_cli("--check", "-config", path, env=env)
+        self.assertEqual(result.returncode, 0, result.stderr)  # a server may create the paths it is given
+        self.assertIn("warning: servers[0].args[1]: /nonexistent/hmg/Documents does not exist", result.stderr)
+
     def test_check_passes_a_good_config_and_warns_about_permissions(self):
         path = self.write_config(base_config([fake_server("ok")]), mode=0o644)
         result = run_cli("--check", "-config", path)
@@ -564,6 +643,64 @@ class CliTest(unittest.TestCase):
         self.assertIn("already exists", again.stderr)
         with open(path) as f:
             self.assertEqual(json.load(f)["auth_token"], config["auth_token"])
+
+    def test_init_writes_where_config_points_and_refuses_an_empty_path(self):
+        env = dict(os.environ, HOME=self.folder)  # the default path, if anything wrongly wrote there
+        a, b, c, d, e, f = (os.path.join(self.folder, name + ".json") for name in "abcdef")
+        for args, written in [(["--init", "-config", a], a), (["-config", b, "--init"], b), (["--init", c], c),
+                              (["--init", d, "-config", d], d)]:
+            with self.subTest(args=args):
+                result = run_cli(*args, env=env)
+                self.assertEqual(result.returncode, 0, result.stderr)
+                self.assertIn("wrote " + written, result.stdout)
+        for args, complaint in [(["--init", e, "-config", f], "name two files"),
+                                (["--init", ""], "--init: must not be empty"),
+                                (["-config", ""], "-config/--config: must not be empty"),
+                                (["--check", "-config", " "], "-config/--config: must not be empty")]:
+            with self.subTest(args=args):
+                result = run_cli(*args, env=env)
+                self.assertEqual(result.returncode, 2)
+                self.assertIn(complaint, result.stderr)
+                self.assertIn("usage:", result.stderr)
+        self.assertEqual(sorted(os.listdir(self.folder)), ["a.json", "b.json", "c.json", "d.json"])
+
+    def served_events(self, config, *args):
+        """The events a gateway started with `config` and `args` logs while it answers two requests and stops."""
+        with socket.socket() as probe:  # the port is chosen here: above info level the gateway does not log it
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        path = self.write_config(dict(config, bind_port=port), mode=0o644)  # 0644: a config_warning, at warning
+        proc = subprocess.Popen([sys.executable, GATEWAY, "-config", path] + list(args), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+        self.addCleanup(conn.close)
+
+        def health():
+            try:
+                conn.request("GET", "/health", headers={"Authorization": "Bearer " + TOKEN})
+                response = conn.getresponse()
+                response.read()
+                return response.status
+            except OSError:
+                conn.close()
+                return None
+        wait_for(health, what="the gateway to answer")
+        health()  # on the same connection, so the first request is over and its line logged
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=TIMEOUT)
+        return [json.loads(line)["event"] for line in stderr.splitlines()]
+
+    def test_log_level_from_config_and_command_line(self):
+        config = base_config([fake_server(autostart=False)], log_level="warning")
+        events = self.served_events(config)
+        self.assertIn("config_warning", events)
+        self.assertNotIn("http_request", events)
+        self.assertNotIn("listening", events)
+        events = self.served_events(config, "--log-level", "debug")
+        self.assertIn("http_request", events)
+        self.assertIn("listening", events)
+        self.assertIn("http_request", self.served_events(dict(config, log_level="info")))
 
     def test_port_in_use_exits_1_naming_the_address(self):
         with socket.socket() as taken:
@@ -624,6 +761,24 @@ class SamplesTest(unittest.TestCase):
         path = agent["EnvironmentVariables"]["PATH"].split(":")
         self.assertIn("/opt/homebrew/bin", path)
         self.assertIn("/usr/local/bin", path)
+
+    def test_check_flags_the_sample_paths_this_host_lacks(self):
+        with open(os.path.join(HERE, "config.sample.json")) as f:
+            raw = json.load(f)
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "config.json")
+            with open(path, "w") as f:
+                json.dump(dict(raw, auth_token=TOKEN), f)
+            os.chmod(path, 0o600)
+            result = run_cli("--check", "-config", path)
+        paths = [value for server in raw["servers"] for value in [server["command"]] + server["args"]
+                 if value.startswith("/")]
+        missing = [value for value in paths if not os.path.exists(value)]
+        self.assertIn("/Users/you/host-mcp-gateway/host_mcp_gateway.py", missing)
+        for value in missing:
+            self.assertIn(value + " does not exist", result.stderr)
+        if "/opt/homebrew/bin/uvx" in missing:
+            self.assertIn("`command -v uvx`", result.stderr)
 
     def test_sample_config_is_valid_but_for_its_placeholder_token(self):
         with open(os.path.join(HERE, "config.sample.json")) as f:
