@@ -256,6 +256,15 @@ def json_loads(data):
         raise ValueError("JSON nested too deeply") from None
 
 
+def io_ready(fileobj, events, timeout):
+    """Whether a socket or descriptor is ready for `events` (select.POLLIN, POLLOUT) within `timeout` seconds, or
+    has hung up. poll() because select() cannot watch a descriptor numbered 1024 or more, and the gateway raises
+    its own file limit past that; Linux and macOS both have poll() for sockets and pipes."""
+    poller = select.poll()
+    poller.register(fileobj, events)
+    return bool(poller.poll(max(0, int(timeout * 1000))))
+
+
 def describe_exit(returncode):
     if returncode is None:
         return "still running"
@@ -1372,7 +1381,7 @@ class ChildProcess:
             while not self._closing.is_set():
                 if not self._backlog_ready.wait(POLL_S):
                     continue
-                select.select([], [self._stdin_fd], [], POLL_S)  # room in the pipe, or a look at _closing
+                io_ready(self._stdin_fd, select.POLLOUT, POLL_S)  # room in the pipe, or a look at _closing
                 with self._write_lock:
                     del self._backlog[:self._write_some(self._backlog)]
                     if not self._backlog:
@@ -2750,8 +2759,7 @@ class Connection(socketserver.BaseRequestHandler):
     def peer_closed(self):
         """Whether the client has closed its side (looked at without reading or blocking)."""
         try:
-            readable, _, _ = select.select([self.sock], [], [], 0)
-            return bool(readable) and self.sock.recv(1, socket.MSG_PEEK) == b""
+            return io_ready(self.sock, select.POLLIN, 0) and self.sock.recv(1, socket.MSG_PEEK) == b""
         except OSError:
             return True
 
@@ -2879,8 +2887,11 @@ class HttpFront:
         except Exception as e:
             status, outcome = 500, "internal_error"
             self.log.error("internal_error", error=repr(e), path=request.path if request else None)
-            conn.send_error(GatewayError("internal error: %s" % type(e).__name__, 500, "internal_error",
-                                         close=True))
+            if conn.streamed:
+                conn.close = True  # a response has begun: a second one inside it would corrupt it
+            else:
+                conn.send_error(GatewayError("internal error: %s" % type(e).__name__, 500, "internal_error",
+                                             close=True))
         finally:
             duration = now() - started
             self._record(request, route, status, outcome, duration, span)

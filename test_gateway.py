@@ -2017,3 +2017,58 @@ class LimitsTest(unittest.TestCase):
         self.assertEqual((status, reply["error"]["data"]["error_code"]), (504, "timeout"))
         gateway.wait_log(lambda r: r.get("event") == "child_late_response_dropped")
         self.assertEqual(gateway.tool("big", bytes=50000)["structuredContent"], {"length": 50000})
+
+
+def idle_connections(testcase, port, count, source="127.0.0.1"):
+    """`count` connections that say nothing, closed at the end of the test."""
+    socks = []
+    testcase.addCleanup(lambda: [sock.close() for sock in socks])
+    for _ in range(count):
+        sock = socket.socket()
+        sock.settimeout(TIMEOUT)
+        sock.bind((source, 0))
+        sock.connect(("127.0.0.1", port))
+        socks.append(sock)
+    return socks
+
+
+def open_fds(pid):
+    """Open file descriptors of a process (Linux), or 0 where /proc is missing."""
+    try:
+        return len(os.listdir("/proc/%d/fd" % pid))
+    except FileNotFoundError:
+        return 0
+
+
+class ManyDescriptorsTest(unittest.TestCase):
+    """Past 1024 open descriptors, where select() gives up, event streams and stuck children still work."""
+
+    def test_streams_and_a_stuck_child_past_1024_descriptors(self):
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY and hard < 2048:
+            self.skipTest("the hard file limit is below 2048")
+        if soft != resource.RLIM_INFINITY and soft < 2048:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (2048, hard))
+            self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+        gateway = GatewayProcess(self, base_config([fake_server(autostart=False)], sse_keepalive_ms=100,
+                                                   request_timeout_ms=8000))
+        idle_connections(self, gateway.port, 1100)
+        self.assertEqual(gateway.request("GET", "/health")[0], 200)  # answered after every idle one was accepted
+        if open_fds(gateway.proc.pid):
+            self.assertGreater(open_fds(gateway.proc.pid), 1100)
+        # The child starts now, so its pipes are numbered above 1100.
+        self.assertEqual(gateway.tool("stop_reading", seconds=1)["content"][0]["text"], "stopped reading")
+        text = "x" * (512 * 1024)  # more than a pipe holds: the rest waits for the writer thread
+        self.assertEqual(gateway.tool("echo", text=text)["content"][0]["text"], text)
+        client = McpClient(gateway)
+        stream = client.open_stream()
+        self.assertEqual(stream.status, 200)
+        events = read_sse(stream, until=lambda m: m == ":keepalive")
+        read_sse(stream, until=lambda m: m == ":keepalive")  # a second one: the stream lived through a look
+        self.assertEqual(events[-1], (None, ":keepalive"))
+        hang_up(stream)
+        again = reopen_stream(client)
+        self.assertEqual(again.status, 200)
+        hang_up(again)
+        self.assertFalse([r for r in gateway.logs if r.get("event") in ("internal_error", "thread_failed")])
