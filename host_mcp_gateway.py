@@ -35,6 +35,7 @@ import http
 import ipaddress
 import itertools
 import json
+import math
 import os
 import platform
 import queue
@@ -74,6 +75,7 @@ PROTOCOL_VERSION_WHEN_ABSENT = "2025-03-26"  # transports spec: no MCP-Protocol-
 
 MAX_HEAD_BYTES = 32 * 1024  # request line + headers; browsers and SDKs send well under 8 KiB
 MAX_HEADER_COUNT = 100  # http.server's own _MAXHEADERS
+MAX_JSON_DEPTH = 128  # nesting in a client's body; MCP messages use under 10, tool arguments rarely 20
 STDERR_LOG_CHARS = 2000  # a child's stderr line longer than this is logged truncated
 STDERR_TAIL_LINES = 10  # the last lines of stderr quoted when a child exits
 CHILD_STOP_GRACE_S = 1.5  # SIGTERM to SIGKILL; keeps a whole gateway stop under 5 s
@@ -233,7 +235,8 @@ class Logger:
 
 
 # Made once: json.dumps and json.loads build a new encoder or decoder on every call with options.
-_compact_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_compact_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+_ascii_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode  # writes lone surrogates as \udXXX
 _log_json = json.JSONEncoder(ensure_ascii=False, default=str).encode
 
 
@@ -241,11 +244,26 @@ def _no_constant(name):
     raise ValueError("%s is not JSON" % name)
 
 
-_decode_json = json.JSONDecoder(parse_constant=_no_constant).decode  # NaN and Infinity are not JSON
+def _finite_float(text):
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: Python would read it as inf and write it back as Infinity
+        raise ValueError("number %s is out of range" % text[:40])
+    return value
+
+
+# NaN, Infinity and numbers too large for a double are not JSON.
+_decode_json = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float).decode
+_SURROGATE_ESCAPE_RE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def json_bytes(value):
-    return _compact_json(value).encode("utf-8")
+    """UTF-8 JSON text; never fails on a string holding a lone surrogate (a child may send one): that is
+    written escaped, as the child wrote it."""
+    text = _compact_json(value)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _ascii_json(value).encode("ascii")
 
 
 def json_loads(data):
@@ -254,6 +272,34 @@ def json_loads(data):
         return _decode_json(data.decode("utf-8"))
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
+
+
+def json_depth_over(value, limit):
+    """Whether arrays and objects nest more than `limit` deep in a decoded value (no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def json_input_problem(data, value):
+    """Why a decoded client body cannot be taken, or None. The gateway copies, encodes and logs what clients
+    send, so it refuses what would fail there: a lone surrogate (\udc00 unpaired: not Unicode text) and nesting
+    deeper than MAX_JSON_DEPTH (Python's recursion limit is near 1000). Cheap for ordinary bodies: the first
+    needs a surrogate escape in the text, the second more brackets than the limit."""
+    if _SURROGATE_ESCAPE_RE.search(data):
+        try:
+            _compact_json(value).encode("utf-8")
+        except UnicodeEncodeError:
+            return "a string holds an unpaired surrogate (\\ud800-\\udfff): not Unicode text"
+    if isinstance(value, (dict, list)) and data.count(b"[") + data.count(b"{") > MAX_JSON_DEPTH and \
+            json_depth_over(value, MAX_JSON_DEPTH):
+        return "arrays and objects nest more than %d deep" % MAX_JSON_DEPTH
+    return None
 
 
 def io_ready(fileobj, events, timeout):
@@ -1352,7 +1398,9 @@ class ChildProcess:
         """Writes a message at once when the pipe has room and nothing queued is ahead of it, so the common case
         costs no thread hand-off; what the pipe cannot take waits in a backlog for the writer thread. False when
         the child has stopped reading and its backlog is full: the message is dropped."""
-        data = json_bytes(message) + b"\n"
+        return self._send_line(json_bytes(message) + b"\n")
+
+    def _send_line(self, data):
         with self._write_lock:  # held across os.write on a non-blocking fd only: that never waits
             if not self._stdin_open:
                 return True  # the child is gone; its stdout's end tells the callers why
@@ -1487,12 +1535,12 @@ class ChildProcess:
         gateway_id = next(self._ids)
         forwarded, progress_token = with_progress_token(message, gateway_id)
         call = PendingCall(message["id"], message["method"], session, progress_token)
-        forwarded = dict(forwarded, id=gateway_id)
+        line = json_bytes(dict(forwarded, id=gateway_id)) + b"\n"  # before the call is registered: it may fail
         with self._lock:
             if self._exit_error is not None:
                 raise self._exit_error
             self._pending[gateway_id] = call
-        if not self.send(forwarded):
+        if not self._send_line(line):
             with self._lock:
                 self._pending.pop(gateway_id, None)
             raise unavailable(self.server_id, "server %s is not reading its input (%d bytes wait for it)" % (
@@ -2609,10 +2657,15 @@ def accepts(request, media_type):
 
 
 def parse_json_body(body):
+    """A client's body decoded, or 400 `invalid_json`, before anything is registered for it."""
     try:
-        return json_loads(body)
+        value = json_loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise GatewayError("request body is not valid JSON: %s" % e, 400, "invalid_json", JSONRPC_PARSE_ERROR)
+    problem = json_input_problem(body, value)
+    if problem:
+        raise GatewayError("request body refused: " + problem, 400, "invalid_json", JSONRPC_PARSE_ERROR)
+    return value
 
 
 _REASONS = {status.value: status.phrase for status in http.HTTPStatus}

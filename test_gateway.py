@@ -2072,3 +2072,48 @@ class ManyDescriptorsTest(unittest.TestCase):
         self.assertEqual(again.status, 200)
         hang_up(again)
         self.assertFalse([r for r in gateway.logs if r.get("event") in ("internal_error", "thread_failed")])
+
+
+class JsonInputTest(unittest.TestCase):
+    def test_json_input_problem(self):
+        cases = [(b'{"a":"\\udc00"}', "surrogate"), (b'{"a":"\\ud800"}', "surrogate"),
+                 (b'["\\ud83d\\ude00"]', None),  # a pair is one character
+                 (b'"\\\\udc00"', None),  # an escaped backslash, then text
+                 (b"[" * 129 + b"]" * 129, "nest"), (b"[" * 128 + b"]" * 128, None),
+                 (b'[' + b'[],' * 500 + b'[]]', None),  # many brackets, shallow
+                 (b'{"k":' * 200 + b'1' + b'}' * 200, "nest")]
+        for data, expected in cases:
+            with self.subTest(data=data[:30]):
+                problem = gw.json_input_problem(data, gw.json_loads(data))
+                if expected is None:
+                    self.assertIsNone(problem)
+                else:
+                    self.assertIn(expected, problem)
+
+    def test_numbers_and_encoding(self):
+        for text in (b"1e400", b"-1e400", b'{"id":1e999}', b"NaN", b"Infinity"):
+            with self.subTest(text=text):
+                self.assertRaises(ValueError, gw.json_loads, text)
+        self.assertEqual(gw.json_loads(b"[1e308, 0.5]"), [1e308, 0.5])
+        self.assertRaises(ValueError, gw.json_bytes, float("inf"))
+        self.assertEqual(gw.json_bytes({"a": "\udc00é"}), b'{"a":"\\udc00\\u00e9"}')  # still JSON text
+        self.assertEqual(gw.json_bytes({"a": "é"}), '{"a":"é"}'.encode("utf-8"))
+
+    def test_hostile_bodies_are_refused_before_anything_is_registered(self):
+        gateway = GatewayProcess(self, base_config([fake_server()]))
+        gateway.wait_state("fake", "ready")
+        deep = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":%s}}}' % (
+            "[" * 975 + '"x"' + "]" * 975)
+        cases = [("/fake/rpc", json.dumps(tool_call("echo", text="\udc00"))),
+                 ("/fake/rpc", deep),
+                 ("/fake/rpc", '{"jsonrpc":"2.0","id":"\\ud800","method":"ping"}'),
+                 ("/fake/rpc", '{"jsonrpc":"2.0","id":1e400,"method":"ping"}'),
+                 ("/rpc", '{"server_id":"\\ud800","payload":{"jsonrpc":"2.0","id":1,"method":"ping"}}'),
+                 ("/rpc", json.dumps({"server_id": "fake", "payload": tool_call("echo", text="\udc00")}))]
+        for path, body in cases:
+            with self.subTest(path=path, body=body[:60]):
+                status, _, reply = gateway.request("POST", path, body)
+                self.assertEqual((status, reply["error"]["error_code"]), (400, "invalid_json"))
+        self.assertEqual(gateway.servers()["fake"]["calls_in_flight"], 0)
+        self.assertFalse([r for r in gateway.logs if r.get("event") == "internal_error"])
+        self.assertEqual(gateway.tool("add", a=1, b=2)["structuredContent"], {"sum": 3})
