@@ -453,6 +453,17 @@ CONFIG_FIELDS = {
     "max_sessions": Field(1000, _check_positive_int, "most MCP sessions open at once, all servers together"),
     "sse_keepalive_ms": Field(15000, _check_positive_int,
                               "an idle event stream gets a comment this often, so proxies keep it open"),
+    # Each connection is a descriptor and a thread; the gateway raises its file limit to 10240, and each child
+    # takes three pipes: 4096 leaves room for both, and for 1,000 MCP sessions each with an event stream.
+    "max_connections": Field(4096, _check_positive_int, "most client connections open at once; more get 503"),
+    # Half of the total, so that one address (a runaway script) can never take every connection.
+    "max_connections_per_client": Field(2048, _check_positive_int,
+                                        "most connections open at once from one client address; more get 503"),
+    # Four times the 64 connections of the heaviest benchmark level: a client that needs more is running away.
+    "max_calls_per_client": Field(256, _check_positive_int,
+                                  "most POST requests in flight from one client address; more get 429"),
+    "max_calls_per_token": Field(512, _check_positive_int,
+                                 "most POST requests in flight under one bearer token; more get 429"),
     "servers": Field(Field.REQUIRED, None, "the MCP servers to run (table below)"),
 }
 
@@ -639,6 +650,16 @@ def token_matches(authorization, expected):
     if scheme.lower() != "bearer":
         return False
     return hmac.compare_digest(given.strip().encode("utf-8"), expected.encode("utf-8"))
+
+
+def token_name(authorization, tokens):
+    """The name of the token an Authorization header carries, from [(name, token)], or None. Every token is
+    compared, so the time taken does not tell which one came close."""
+    found = None
+    for name, token in tokens:
+        if token_matches(authorization, token) and found is None:
+            found = name
+    return found
 
 
 def command_search_path(spec):
@@ -2671,6 +2692,91 @@ def parse_json_body(body):
 _REASONS = {status.value: status.phrase for status in http.HTTPStatus}
 
 
+def response_head(status, length, content_type=None, headers=(), close=False):
+    """The head of a response with a body of `length` bytes."""
+    lines = ["HTTP/1.1 %d %s" % (status, _REASONS[status]), "Server: " + SERVER_HEADER,
+             "Date: " + _HttpDate.get(), "Content-Length: %d" % length]
+    if content_type:
+        lines.append("Content-Type: " + content_type)
+    lines.extend("%s: %s" % header for header in headers)
+    if close:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+class Slots:
+    """Counts of what is in use (connections, calls) per key, each kind of key with its own cap. Keys at zero
+    are dropped, so the table holds only what is in use and is bounded by it."""
+
+    def __init__(self, caps):
+        self._caps = caps  # kind of key -> most in use at once
+        self._lock = threading.Lock()
+        self._counts = {}  # (kind, value) -> number in use (self._lock)
+
+    def acquire(self, keys):
+        """Takes one under every (kind, value) key, or none: then returns the first key at its cap."""
+        with self._lock:
+            for key in keys:
+                if self._counts.get(key, 0) >= self._caps[key[0]]:
+                    return key
+            for key in keys:
+                self._counts[key] = self._counts.get(key, 0) + 1
+        return None
+
+    def release(self, keys):
+        with self._lock:
+            for key in keys:
+                left = self._counts.pop(key) - 1
+                if left:
+                    self._counts[key] = left
+
+
+class RefusalLog:
+    """Which refusals get a log line. Refused requests (no token, a wrong one, bad framing, an address outside
+    allowed_clients) cost a client nothing to send, so each address gets BURST lines per window and the rest
+    are counted; summary() reports what was left out, so nothing goes unsaid. At most MAX_ADDRESSES addresses
+    are tracked per window; refusals from others are only counted."""
+    BURST = 20
+    WINDOW_S = 10.0
+    MAX_ADDRESSES = 1000
+    SUMMARY_CLIENTS = 10  # the addresses a summary names, those with the most left out
+
+    def __init__(self, clock=now):
+        self._clock = clock
+        self._lock = threading.Lock()  # guards the fields below
+        self._window_end = clock() + self.WINDOW_S
+        self._logged = {}  # client address -> lines logged in this window
+        self._dropped = {}  # client address -> refusals left out in this window
+        self._untracked = 0  # refusals left out from addresses past MAX_ADDRESSES
+
+    def allow(self, address):
+        with self._lock:
+            logged = self._logged.get(address, 0)
+            if logged < self.BURST and (logged or len(self._logged) < self.MAX_ADDRESSES):
+                self._logged[address] = logged + 1
+                return True
+            if logged:
+                self._dropped[address] = self._dropped.get(address, 0) + 1
+            else:
+                self._untracked += 1
+            return False
+
+    def summary(self, force=False):
+        """What the window left out, once it has ended (or now, with `force`), and a new window; None when
+        nothing was left out or the window is still open."""
+        with self._lock:
+            if not force and self._clock() < self._window_end:
+                return None
+            dropped, untracked = self._dropped, self._untracked
+            self._window_end = self._clock() + self.WINDOW_S
+            self._logged, self._dropped, self._untracked = {}, {}, 0
+        if not dropped and not untracked:
+            return None
+        top = sorted(dropped.items(), key=lambda item: -item[1])[:self.SUMMARY_CLIENTS]
+        return {"dropped": sum(dropped.values()) + untracked, "clients": len(dropped), "untracked": untracked,
+                "top_clients": dict(top)}
+
+
 class _HttpDate:
     """The Date header, formatted at most once a second."""
     second, text = 0, ""
@@ -2683,6 +2789,19 @@ class _HttpDate:
         return cls.text
 
 
+def refuse_at_accept(sock, error):
+    """Answers a connection with `error` without reading its request, then ends the writing side; the caller
+    closes it. The answer fits an empty socket buffer, so the write cannot wait."""
+    body = json_bytes(error.body())
+    try:
+        sock.setblocking(False)
+        sock.send(response_head(error.http_status, len(body), "application/json", error.headers, True) + body)
+        sock.shutdown(socket.SHUT_WR)
+        sock.recv(65536)  # what the client sent already: left unread at close, it would turn the FIN into a reset
+    except OSError:
+        pass
+
+
 class Connection(socketserver.BaseRequestHandler):
     """One client connection. Requests are read under deadlines with the strict parser above (http.server's own
     accepts what a gateway must not) and each response leaves in one sendall."""
@@ -2691,8 +2810,7 @@ class Connection(socketserver.BaseRequestHandler):
         self.front = self.server.front
         self.sock = self.request
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.client = self.client_address[0]
-        self.allowed = self.front.allowlist.allows(self.client)  # fixed for the connection's life
+        self.client = self.client_address[0]  # in allowed_clients: the others are turned away at accept
         self.busy = False  # inside a request (shutdown gives these a grace)
         self.close = False  # the connection ends after the current response
         self.response_headers = []  # added to every response to the current request (CORS)
@@ -2773,14 +2891,9 @@ class Connection(socketserver.BaseRequestHandler):
         """Sends a whole response in one write (its head only, for a HEAD request)."""
         if not keep_alive:
             self.close = True
-        lines = ["HTTP/1.1 %d %s" % (status, _REASONS[status]), "Server: " + SERVER_HEADER,
-                 "Date: " + _HttpDate.get(), "Content-Length: %d" % len(body)]
-        if body:
-            lines.append("Content-Type: " + content_type)
-        lines.extend("%s: %s" % header for header in list(headers) + self.response_headers)
-        if self.close:
-            lines.append("Connection: close")
-        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if self.head else body))
+        head = response_head(status, len(body), content_type if body else None,
+                             list(headers) + self.response_headers, self.close)
+        self.sock.sendall(head + (b"" if self.head else body))
 
     def start_stream(self, request, headers=()):
         """Starts a text/event-stream response; events follow with send_event, and end_stream ends it."""
@@ -2848,6 +2961,11 @@ class HttpFront:
         self.router = router
         self.telemetry = telemetry
         self.allowlist = Allowlist(config.allowed_clients)
+        # (name, token): named so that calls are counted per token, and more tokens need no other change here
+        self.tokens = [("default", config.auth_token)]
+        self.calls = Slots({"client": config.max_calls_per_client, "token": config.max_calls_per_token})
+        self.refusals = RefusalLog()
+        self.connection_slots = Slots({"total": config.max_connections, "client": config.max_connections_per_client})
         self.stopping = threading.Event()
         self.started_at = now()
         self._lock = threading.Condition()  # notified when a request ends
@@ -2880,11 +2998,8 @@ class HttpFront:
     def serve(self, conn, head):
         started = now()
         request, route, server_id, status, outcome, span = None, None, None, 0, "ok", NO_SPAN
-        conn.head = False
+        conn.head, token = False, None
         try:
-            if not conn.allowed:
-                raise GatewayError("client address %s is not in allowed_clients" % conn.client, 403,
-                                   "forbidden_client", close=True)
             request = parse_head(head)
             if self.telemetry.tracing:
                 span = self.telemetry.start_span(request.method, SPAN_SERVER, {
@@ -2906,7 +3021,8 @@ class HttpFront:
                 if request.method == "OPTIONS" and "access-control-request-method" in request.headers:
                     status = self._preflight(conn, request)
                     return
-            if not token_matches(request.headers.get("authorization"), self.config.auth_token):
+            token = token_name(request.headers.get("authorization"), self.tokens)
+            if token is None:
                 raise GatewayError("missing or wrong bearer token", 401, "unauthorized",
                                    headers=[("WWW-Authenticate", 'Bearer realm="host-mcp-gateway"')])
             name, server_id, methods = match_route(request.path, self.runtimes)
@@ -2923,7 +3039,7 @@ class HttpFront:
                 conn.send_continue()
             body = conn.read_body(request.content_length)
             request.content_length = 0  # consumed: an error from here on leaves the connection usable
-            status = self._endpoints[name, request.method](conn, request, body, server_id)
+            status = self._run(conn, request, body, name, server_id, token)
         except GatewayError as e:
             status, outcome = e.http_status, e.error_code
             if e.server_id is None:
@@ -2948,10 +3064,57 @@ class HttpFront:
         finally:
             duration = now() - started
             self._record(request, route, status, outcome, duration, span)
-            self.log.info("http_request", method=request.method if request else None,
-                          path=request.path if request else None, status=status,
-                          duration_ms=round(duration * 1000, 3), client=conn.client, server_id=server_id)
+            if token is not None or status < 400 or self.refusals.allow(conn.client):
+                self.log.info("http_request", method=request.method if request else None,
+                              path=request.path if request else None, status=status,
+                              duration_ms=round(duration * 1000, 3), client=conn.client, server_id=server_id)
             _active.span = None
+
+    def _run(self, conn, request, body, name, server_id, token):
+        """Runs the endpoint; a POST counts against its client's and its token's calls in flight."""
+        if request.method != "POST":
+            return self._endpoints[name, request.method](conn, request, body, server_id)
+        keys = (("client", conn.client), ("token", token))
+        full = self.calls.acquire(keys)
+        if full is not None:
+            raise GatewayError("too many requests in flight from this %s (max_calls_per_%s); retry later" % (
+                "client address" if full[0] == "client" else "token", full[0]), 429, "too_many_requests",
+                server_id=server_id, headers=[("Retry-After", "1")])
+        try:
+            return self._endpoints[name, request.method](conn, request, body, server_id)
+        finally:
+            self.calls.release(keys)
+
+    def log_refusal_summary(self, force=False):
+        """Says how many refusals the log left out in the window that ended (RefusalLog)."""
+        summary = self.refusals.summary(force)
+        if summary is not None:
+            self.log.warning("refusals_not_logged", window_s=RefusalLog.WINDOW_S, **summary)
+
+    def admit(self, sock, client_address):
+        """At accept, before anything is read and before a thread is started for it: a client outside
+        allowed_clients gets 403, one over the connection caps 503, at once; then the connection closes. Returns
+        whether it was let in."""
+        client = client_address[0]
+        if not self.allowlist.allows(client):
+            error = GatewayError("client address %s is not in allowed_clients" % client, 403, "forbidden_client")
+        elif self.connection_slots.acquire(self._connection_keys(client)) is not None:
+            error = GatewayError("too many connections open (max_connections, max_connections_per_client); retry "
+                                 "later", 503, "too_many_connections", headers=[("Retry-After", "1")])
+        else:
+            return True
+        refuse_at_accept(sock, error)
+        self._record(None, None, error.http_status, error.error_code, 0.0, NO_SPAN)
+        if self.refusals.allow(client):
+            self.log.info("connection_refused", client=client, status=error.http_status, error_code=error.error_code)
+        return False
+
+    def release(self, client_address):
+        self.connection_slots.release(self._connection_keys(client_address[0]))
+
+    @staticmethod
+    def _connection_keys(client):
+        return ("total", None), ("client", client)
 
     def _record(self, request, route, status, outcome, duration, span):
         """The request's metrics, and the end of its SERVER span (an error span only for 5xx answers)."""
@@ -3195,12 +3358,22 @@ class _HTTPServer(ThreadingHTTPServer):
         self._short_of_descriptors = False
         return accepted
 
+    def verify_request(self, request, client_address):
+        return self.front.admit(request, client_address)
+
+    def service_actions(self):
+        self.front.log_refusal_summary()  # the accept loop comes here a few times a second
+
     def process_request(self, request, client_address):
         thread = threading.Thread(target=self._serve_connection, args=(request, client_address),
                                   name="http-%s:%s" % client_address[:2], daemon=True)
         with self._threads_lock:
             self.threads.add(thread)
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError:  # out of threads: socketserver logs it and closes the connection
+            self._forget(thread, client_address)
+            raise
 
     def _serve_connection(self, request, client_address):
         try:
@@ -3209,8 +3382,12 @@ class _HTTPServer(ThreadingHTTPServer):
             self.front.log.error("thread_failed", thread=threading.current_thread().name, error=repr(e))
         finally:
             self.shutdown_request(request)
-            with self._threads_lock:
-                self.threads.discard(threading.current_thread())
+            self._forget(threading.current_thread(), client_address)
+
+    def _forget(self, thread, client_address):
+        with self._threads_lock:
+            self.threads.discard(thread)
+        self.front.release(client_address)
 
     def handle_error(self, request, client_address):
         self.front.log.error("connection_failed", client=client_address[0], error=repr(sys.exc_info()[1]))
@@ -3291,6 +3468,7 @@ class Gateway:
             for thread in list(self._httpd.threads):
                 thread.join(timeout=min(POLL_S, max(0.0, deadline - now())))
         self.telemetry.stop(max(0.2, deadline - now()))
+        self.front.log_refusal_summary(force=True)
         self.log.info("stopped")
 
     def _close_connections(self, idle_only):

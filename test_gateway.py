@@ -2117,3 +2117,151 @@ class JsonInputTest(unittest.TestCase):
         self.assertEqual(gateway.servers()["fake"]["calls_in_flight"], 0)
         self.assertFalse([r for r in gateway.logs if r.get("event") == "internal_error"])
         self.assertEqual(gateway.tool("add", a=1, b=2)["structuredContent"], {"sum": 3})
+
+
+def raw_request(path, method="GET", token=TOKEN, body=b""):
+    auth = b"Authorization: Bearer " + token.encode() + b"\r\n" if token else b""
+    return (b"%s %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n%sContent-Length: %d\r\n\r\n%s" % (
+        method.encode(), path.encode(), auth, len(body), body))
+
+
+def exchange_from(source, port, data):
+    """raw_exchange from a given source address."""
+    with socket.socket() as sock:
+        sock.settimeout(TIMEOUT)
+        sock.bind((source, 0))
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(data)
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+class LimitsUnitTest(unittest.TestCase):
+    def test_slots(self):
+        slots = gw.Slots({"total": 3, "client": 2})
+        a, b = (("total", None), ("client", "a")), (("total", None), ("client", "b"))
+        steps = [(a, None), (a, None), (a, ("client", "a")), (b, None), (b, ("total", None))]
+        for keys, refused in steps:
+            with self.subTest(keys=keys):
+                self.assertEqual(slots.acquire(keys), refused)
+        slots.release(a)
+        self.assertIsNone(slots.acquire(b))
+        for keys in (a, b, b):
+            slots.release(keys)
+        self.assertEqual(slots._counts, {})  # nothing kept for keys no longer in use
+
+    def test_refusal_log(self):
+        clock = FakeClock()
+        log = gw.RefusalLog(clock)
+        log.BURST, log.MAX_ADDRESSES = 2, 3
+        # (time, address, logged?)
+        steps = [(0, "a", True), (1, "a", True), (2, "a", False), (2, "a", False), (3, "b", True), (3, "c", True),
+                 (4, "d", False), (4, "e", False), (5, "b", True), (5, "b", False)]
+        for t, address, logged in steps:
+            with self.subTest(t=t, address=address):
+                clock.t = t
+                self.assertEqual(log.allow(address), logged)
+        self.assertIsNone(log.summary())  # the window is still open
+        clock.t = log.WINDOW_S
+        self.assertEqual(log.summary(), {"dropped": 5, "clients": 2, "untracked": 2, "top_clients": {"a": 2, "b": 1}})
+        self.assertEqual((len(log._logged), len(log._dropped)), (0, 0))
+        self.assertTrue(log.allow("a"))  # a new window
+        self.assertIsNone(log.summary(force=True))  # nothing was left out
+        for _ in range(5):
+            log.allow("z")
+        self.assertEqual(log.summary(force=True)["dropped"], 3)
+
+    def test_token_name(self):
+        tokens = [("default", TOKEN), ("ci", "c" * 40)]
+        cases = [("Bearer " + TOKEN, "default"), ("bearer " + "c" * 40, "ci"), ("Bearer nope", None), (None, None)]
+        for header, name in cases:
+            with self.subTest(header=header):
+                self.assertEqual(gw.token_name(header, tokens), name)
+
+
+class HostileClientTest(unittest.TestCase):
+    """Many connections, refused clients and floods from one address leave others served."""
+
+    def setUp(self):
+        try:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.2", 0))
+        except OSError:
+            self.skipTest("127.0.0.2 is not a local address here")
+
+    def test_connection_caps_per_client_and_in_total(self):
+        gateway = GatewayProcess(self, base_config([fake_server(autostart=False)], max_connections=5,
+                                                   max_connections_per_client=3))
+        idle_connections(self, gateway.port, 3, "127.0.0.2")
+        refused = exchange_from("127.0.0.2", gateway.port, b"")
+        self.assertEqual((status_of(refused), body_of(refused)["error"]["error_code"]), (503, "too_many_connections"))
+        self.assertIn(b"Retry-After: 1", refused)
+        self.assertEqual(status_of(exchange_from("127.0.0.1", gateway.port, raw_request("/health"))), 200)
+        idle_connections(self, gateway.port, 2, "127.0.0.1")  # five now: the total is reached
+        self.assertEqual(status_of(exchange_from("127.0.0.3", gateway.port, b"")), 503)
+        gateway.wait_log(lambda r: r.get("event") == "connection_refused" and r.get("client") == "127.0.0.3")
+
+    def test_a_refused_address_gets_403_at_once_and_holds_no_thread(self):
+        gateway = GatewayProcess(self, base_config([fake_server(autostart=False)], allowed_clients=["127.0.0.1"]))
+        threads = thread_count(gateway.proc.pid)
+        socks = idle_connections(self, gateway.port, 50, "127.0.0.2")
+        for sock in socks:  # sent nothing, answered anyway
+            reply = b""
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
+            self.assertEqual((status_of(reply), body_of(reply)["error"]["error_code"]), (403, "forbidden_client"))
+        self.assertLessEqual(thread_count(gateway.proc.pid), threads)
+        self.assertEqual(status_of(exchange_from("127.0.0.1", gateway.port, raw_request("/health"))), 200)
+
+    def test_refusals_are_logged_at_a_bounded_rate_with_a_summary(self):
+        gateway = GatewayProcess(self, base_config([fake_server(autostart=False)]))
+        conn = gateway.connect()
+        for _ in range(200):
+            self.assertEqual(gateway.request("GET", "/health", token="wrong-token", conn=conn)[0], 401)
+        self.assertEqual(gateway.request("GET", "/health")[0], 200)
+        self.assertEqual(gateway.stop(), 0)
+        refused = [r for r in gateway.logs if r.get("event") == "http_request" and r.get("status") == 401]
+        self.assertEqual(len(refused), gw.RefusalLog.BURST)
+        summary = [r for r in gateway.logs if r.get("event") == "refusals_not_logged"]
+        self.assertEqual(sum(r["dropped"] for r in summary), 200 - gw.RefusalLog.BURST)
+        self.assertTrue(any(r.get("status") == 200 for r in gateway.logs if r.get("event") == "http_request"))
+
+    def test_calls_in_flight_are_capped_per_client_and_per_token(self):
+        gateway = GatewayProcess(self, base_config([fake_server()], max_calls_per_client=2, max_calls_per_token=3,
+                                                   request_timeout_ms=3000))
+        gateway.wait_state("fake", "ready")
+        pool = ThreadPoolExecutor(4)
+        self.addCleanup(pool.shutdown)
+        body = json.dumps(tool_call("hang")).encode()
+
+        def hang(source):
+            return exchange_from(source, gateway.port, raw_request("/fake/rpc", "POST", body=body))
+        hung = [pool.submit(hang, "127.0.0.2") for _ in range(2)]
+        wait_for(lambda: gateway.servers()["fake"]["calls_in_flight"] == 2, what="two calls in flight")
+        refused = exchange_from("127.0.0.2", gateway.port, raw_request("/fake/rpc", "POST", body=body))
+        self.assertEqual((status_of(refused), body_of(refused)["error"]["error_code"]), (429, "too_many_requests"))
+        self.assertIn(b"Retry-After: 1", refused)
+        self.assertIn("max_calls_per_client", body_of(refused)["error"]["message"])
+        hung.append(pool.submit(hang, "127.0.0.3"))  # another address is served ...
+        wait_for(lambda: gateway.servers()["fake"]["calls_in_flight"] == 3, what="three calls in flight")
+        refused = exchange_from("127.0.0.4", gateway.port, raw_request("/fake/rpc", "POST", body=body))
+        self.assertIn("max_calls_per_token", body_of(refused)["error"]["message"])  # ... up to the token's cap
+        self.assertEqual(gateway.request("GET", "/health")[0], 200)  # a GET is no call
+        for future in hung:
+            self.assertEqual(status_of(future.result(TIMEOUT)), 504)
+        self.assertEqual(gateway.call("fake", rpc("ping"))[0], 200)  # the slots came back
