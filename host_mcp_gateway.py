@@ -2570,6 +2570,7 @@ _REQUEST_LINE_RE = re.compile(rb"(" + _TCHAR + rb"+) ([!-~]+) HTTP/([0-9])\.([0-
 _HEADER_BLOCK_RE = re.compile(rb"%s+:[^\r\n\x00]*(?:\r\n%s+:[^\r\n\x00]*)*" % (_TCHAR, _TCHAR))
 _CONTENT_LENGTH_RE = re.compile(r"[0-9]{1,15}\Z")
 _EVENT_ID_RE = re.compile(r"[0-9]{1,18}\Z")
+_BARE_LF_RE = re.compile(rb"(?<!\r)\n")
 
 
 class Request:
@@ -2629,7 +2630,8 @@ def parse_head(head):
     return Request(method, target, path, version, headers, keep_alive, int(lengths[0]) if lengths else 0)
 
 
-STATIC_ROUTES = {"/health": ("GET",), "/servers": ("GET",), "/metrics": ("GET",), "/rpc": ("POST",)}
+STATIC_ROUTES = {"/health": ("GET", "HEAD"), "/servers": ("GET", "HEAD"), "/metrics": ("GET", "HEAD"),
+                 "/rpc": ("POST",)}  # HEAD is answered as GET without the body
 ROUTE_TEMPLATES = {"health": "/health", "servers": "/servers", "metrics": "/metrics", "rpc": "/rpc",
                    "mcp": "/{server_id}/rpc"}  # http.route, low-cardinality
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
@@ -2646,7 +2648,7 @@ def match_route(path, server_ids):
     if len(parts) == 3 and parts[0] == "" and parts[2] == "rpc":
         if parts[1] in server_ids:
             return "mcp", parts[1], MCP_METHODS
-        raise GatewayError("no server with server_id %r" % parts[1], 404, "unknown_server", server_id=parts[1])
+        raise GatewayError("no server with server_id %r" % parts[1], 404, "server_not_found", server_id=parts[1])
     raise GatewayError("no such path: %s" % path, 404, "not_found")
 
 
@@ -2840,15 +2842,18 @@ class Connection(socketserver.BaseRequestHandler):
 
     def _read_head(self):
         """The next request's head, None when the client closed or stayed idle; 408 for a slow sender."""
-        while self._buffer[:2] == b"\r\n":  # RFC 9112 2.2: ignore empty lines before a request line
-            del self._buffer[:2]
         deadline = None
         while True:
+            if self._buffer[:1] in (b"\r", b"\n"):  # RFC 9112 2.2: ignore empty lines before a request line
+                del self._buffer[:len(self._buffer) - len(self._buffer.lstrip(b"\r\n"))]
             end = self._buffer.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES + 4)
             if end >= 0:
                 head = bytes(self._buffer[:end])
                 del self._buffer[:end + 4]
                 return head
+            if _BARE_LF_RE.search(self._buffer, 0, MAX_HEAD_BYTES + 4):  # it would never end with CRLF CRLF
+                self.send_error(bad_request("request head lines must end with CRLF", close=True))
+                return None
             if len(self._buffer) >= MAX_HEAD_BYTES + 4:
                 self.send_error(GatewayError("request head larger than %d bytes" % MAX_HEAD_BYTES, 431,
                                              "headers_too_large", close=True))
@@ -3073,7 +3078,8 @@ class HttpFront:
     def _run(self, conn, request, body, name, server_id, token):
         """Runs the endpoint; a POST counts against its client's and its token's calls in flight."""
         if request.method != "POST":
-            return self._endpoints[name, request.method](conn, request, body, server_id)
+            method = "GET" if request.method == "HEAD" else request.method
+            return self._endpoints[name, method](conn, request, body, server_id)
         keys = (("client", conn.client), ("token", token))
         full = self.calls.acquire(keys)
         if full is not None:
@@ -3130,8 +3136,9 @@ class HttpFront:
         span.end()
 
     def _preflight(self, conn, request):
-        """A browser's CORS preflight, the one request answered without a token: it never carries one."""
-        _, _, methods = match_route(request.path, self.runtimes)
+        """A browser's CORS preflight, the one request answered without a token: it never carries one. Any path
+        gets the same answer whether or not it names a server, so that a preflight tells nobody which exist."""
+        methods = STATIC_ROUTES.get(request.path, MCP_METHODS)
         conn.send(204, headers=[("Access-Control-Allow-Methods", ", ".join(methods + ("OPTIONS",))),
                                 ("Access-Control-Allow-Headers", CORS_ALLOW_HEADERS),
                                 ("Access-Control-Max-Age", "600")])
@@ -3169,7 +3176,7 @@ class HttpFront:
         self._continue_trace(request, wrapper["payload"])
         runtime = self.runtimes.get(server_id)
         if runtime is None:
-            raise GatewayError("no server with server_id %r" % server_id, 404, "unknown_server",
+            raise GatewayError("no server with server_id %r" % server_id, 404, "server_not_found",
                                server_id=server_id)
         if runtime.spec.isolation == "session":
             raise session_required(server_id)
@@ -3634,10 +3641,12 @@ def raise_file_limit():
 
 
 def serve(config, logger, on_listening=None):
-    """Runs the gateway until SIGTERM or SIGINT. Returns the exit code."""
+    """Runs the gateway until SIGTERM, SIGINT or SIGHUP (a closed Terminal window; there is no reload to do).
+    Returns the exit code."""
     raise_file_limit()
     stop = threading.Event()
-    previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGTERM, signal.SIGINT)}
+    previous = {signum: signal.signal(signum, lambda *_: stop.set())
+                for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     gateway = Gateway(config, logger)
     logger.start_background()
     try:

@@ -469,7 +469,7 @@ class RouteTest(unittest.TestCase):
             with self.subTest(path=path):
                 self.assertEqual(gw.match_route(path, ids)[:2], expected)
         for path, code in [("/", "not_found"), ("//health", "not_found"), ("/health/", "not_found"),
-                           ("/fake/rpc/x", "not_found"), ("/nope/rpc", "unknown_server"), ("/fake", "not_found")]:
+                           ("/fake/rpc/x", "not_found"), ("/nope/rpc", "server_not_found"), ("/fake", "not_found")]:
             with self.subTest(path=path):
                 with self.assertRaises(gw.GatewayError) as caught:
                     gw.match_route(path, ids)
@@ -674,12 +674,12 @@ class HttpFrontTest(unittest.TestCase):
     def test_error_shapes(self):
         cases = [
             ("GET", "/nope", None, 404, "not_found"),
-            ("GET", "/nope/rpc", None, 404, "unknown_server"),
+            ("GET", "/nope/rpc", None, 404, "server_not_found"),
             ("DELETE", "/health", None, 405, "method_not_allowed"),
             ("GET", "/rpc", None, 405, "method_not_allowed"),
             ("POST", "/fake/rpc", b"{not json", 400, "invalid_json"),
             ("POST", "/rpc", b"[1]", 400, "invalid_request"),
-            ("POST", "/rpc", {"server_id": "nope", "payload": rpc("ping")}, 404, "unknown_server"),
+            ("POST", "/rpc", {"server_id": "nope", "payload": rpc("ping")}, 404, "server_not_found"),
             ("POST", "/fake/rpc", b"x" * 2000, 413, "payload_too_large"),
         ]
         for method, path, body, status, code in cases:
@@ -689,7 +689,7 @@ class HttpFrontTest(unittest.TestCase):
                 self.assertIsInstance(reply["error"]["message"], str)
                 self.assertEqual(response.getheader("Content-Type"), "application/json")
                 if status == 405:
-                    self.assertIn(response.getheader("Allow"), ("GET", "POST"))
+                    self.assertIn(response.getheader("Allow"), ("GET, HEAD", "POST"))
 
     def test_oversized_body_is_refused_before_it_is_sent(self):
         with socket.create_connection(("127.0.0.1", self.gateway.port), timeout=TIMEOUT) as sock:
@@ -797,6 +797,14 @@ class AccessRuleTest(unittest.TestCase):
         self.assertEqual(gateway.stop(signal.SIGTERM), 0)
         self.assertLess(time.monotonic() - started, 5)
         wait_for(lambda: process_gone(pid) and process_gone(grandchild), what="the child and grandchild to end")
+
+    def test_sighup_stops_cleanly_like_sigterm(self):
+        gateway = GatewayProcess(self, base_config([fake_server()]))
+        gateway.wait_state("fake", "ready")
+        pid = gateway.tool("pid")["structuredContent"]["pid"]
+        self.assertEqual(gateway.stop(signal.SIGHUP), 0)
+        gateway.wait_log(lambda r: r.get("event") == "stopped")
+        wait_for(lambda: process_gone(pid), what="the child to end")
 
     def test_sigint_stops_with_a_request_in_flight(self):
         gateway = GatewayProcess(self, base_config([fake_server()]))
@@ -1427,6 +1435,15 @@ class SessionTest(unittest.TestCase):
         self.assertEqual(status, 403)
         self.assertEqual(self.gateway.request("OPTIONS", "/fake/rpc", token=None)[0], 401)
 
+    def test_a_preflight_does_not_tell_which_servers_exist(self):
+        preflight = {"Access-Control-Request-Method": "POST", "Origin": "http://app.example:8080"}
+        answers = []
+        for path in ("/fake/rpc", "/no-such-server/rpc"):
+            status, response, body = self.gateway.request("OPTIONS", path, token=None, headers=preflight)
+            answers.append((status, body, response.getheader("Access-Control-Allow-Methods")))
+        self.assertEqual(answers[0], answers[1])
+        self.assertEqual(answers[0][0], 204)
+
 
 class SessionLimitsTest(unittest.TestCase):
     def test_idle_sessions_expire_and_the_number_is_capped(self):
@@ -1936,9 +1953,33 @@ class HostileInputTest(unittest.TestCase):
                              TOKEN.encode() + b"\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
                              b"Authorization: Bearer " + TOKEN.encode() + b"\r\n\r\n")
         first, second = reply.split(b"HTTP/1.1 ", 2)[1:]
-        self.assertTrue(first.startswith(b"405 "))
+        self.assertTrue(first.startswith(b"200 "))  # HEAD is GET without the body
         self.assertTrue(first.endswith(b"\r\n\r\n"))  # a head, no body
         self.assertTrue(second.startswith(b"200 "))
+        self.assertIn(b"Content-Type: application/json", first)  # the GET's head: its length, its type
+        self.assertNotIn(b"Content-Length: 0\r\n", first)
+        for path, status in (("/servers", 200), ("/metrics", 200), ("/fake/rpc", 405), ("/rpc", 405)):
+            with self.subTest(path=path):
+                got, response, body = self.gateway.request("HEAD", path)
+                self.assertEqual((got, body), (status, None))
+                if status == 405:
+                    self.assertNotIn("HEAD", response.getheader("Allow"))
+
+    def test_empty_lines_before_a_request_are_ignored_and_bare_lf_is_refused_at_once(self):
+        request = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer " + TOKEN.encode() + \
+            b"\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", self.gateway.port), timeout=TIMEOUT) as sock:
+            sock.sendall(b"\r\n")  # in a packet of its own, read alone while nothing comes back
+            sock.settimeout(1.0)
+            self.assertRaises(socket.timeout, sock.recv, 65536)
+            sock.settimeout(TIMEOUT)
+            sock.sendall(b"\r\n" + request)
+            self.assertEqual(status_of(sock.recv(65536)), 200)
+        self.assertEqual(status_of(raw_exchange(self.gateway.port, b"\r\n\r\n" + request)), 200)
+        started = time.monotonic()
+        reply = raw_exchange(self.gateway.port, b"GET /health HTTP/1.1\nHost: x\n\n")
+        self.assertEqual((status_of(reply), body_of(reply)["error"]["error_code"]), (400, "bad_request"))
+        self.assertLess(time.monotonic() - started, 2)  # not the client timeout
 
     def test_two_host_headers_are_refused(self):
         reply = raw_exchange(self.gateway.port, b"GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
