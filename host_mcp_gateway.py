@@ -890,6 +890,45 @@ class _NoSpan:
 NO_SPAN = _NoSpan()
 
 
+def bound_label(value, limit):
+    """A client-chosen label value cut to `limit` characters, marked with a trailing "..." when it was cut."""
+    return value if len(value) <= limit else value[:limit - 3] + "..."
+
+
+class LabelValues:
+    """Bounds the values clients choose (method, tool and prompt names) before they become metric labels and
+    span attributes: each is cut to MAX_CHARS, and past MAX_DISTINCT distinct values of one attribute, new
+    values all become OVERFLOW. Memory and /metrics then stay small whatever names clients send."""
+    MAX_CHARS = 128
+    MAX_DISTINCT = 100
+    OVERFLOW = "_other"
+
+    def __init__(self, known=None):
+        self._known = known or {}  # attribute key -> values that always pass and count for nothing
+        self._lock = threading.Lock()
+        self._seen = {}  # attribute key -> set of the values let through (self._lock for additions)
+
+    def bound(self, key, value):
+        value = bound_label(value, self.MAX_CHARS)
+        seen = self._seen.get(key)
+        if seen is not None and value in seen or value in self._known.get(key, ()):  # no lock: the common case
+            return value
+        with self._lock:
+            seen = self._seen.setdefault(key, set())
+            if len(seen) >= self.MAX_DISTINCT and value not in seen:
+                return self.OVERFLOW
+            seen.add(value)
+        return value
+
+
+# The specification's request methods: a flood of made-up ones cannot push them into the overflow value.
+MCP_REQUEST_METHODS = frozenset({
+    "initialize", "ping", "tools/list", "tools/call", "resources/list", "resources/templates/list",
+    "resources/read", "resources/subscribe", "resources/unsubscribe", "prompts/list", "prompts/get",
+    "completion/complete", "logging/setLevel", "server/discover"})
+CLIENT_LABELS = LabelValues({"mcp.method.name": MCP_REQUEST_METHODS})  # one per process: it bounds its memory
+
+
 class Instrument:
     """A metric with cumulative points per attribute set: a histogram (bounds given) or a sum."""
     MAX_POINTS = 2000  # the OpenTelemetry SDKs' default cardinality limit
@@ -2093,14 +2132,16 @@ class RelayedRequest:
 def mcp_attributes(message, server_id, session):
     """The low-cardinality attributes of an MCP request, for its spans and duration metrics (pure)."""
     method, params = message["method"], message.get("params")
-    attributes = [("mcp.method.name", method), ("host_mcp_gateway.server_id", server_id)]
+    attributes = [("mcp.method.name", CLIENT_LABELS.bound("mcp.method.name", method)),
+                  ("host_mcp_gateway.server_id", server_id)]
     if session is not None and session.protocol_version:
         attributes.append(("mcp.protocol.version", session.protocol_version))
     name = params.get("name") if isinstance(params, dict) else None
     if method == "tools/call" and isinstance(name, str):
-        attributes += [("gen_ai.tool.name", name), ("gen_ai.operation.name", "execute_tool")]
+        attributes += [("gen_ai.tool.name", CLIENT_LABELS.bound("gen_ai.tool.name", name)),
+                       ("gen_ai.operation.name", "execute_tool")]
     elif method == "prompts/get" and isinstance(name, str):
-        attributes.append(("gen_ai.prompt.name", name))
+        attributes.append(("gen_ai.prompt.name", CLIENT_LABELS.bound("gen_ai.prompt.name", name)))
     return tuple(attributes)
 
 
@@ -2290,7 +2331,8 @@ class Router:
         span = NO_SPAN
         if self._telemetry.tracing:
             span = self._telemetry.start_span(mcp_span_name(attributes), SPAN_CLIENT, dict(
-                attributes, **{"jsonrpc.request.id": str(message["id"]), "network.transport": "pipe",
+                attributes, **{"jsonrpc.request.id": bound_label(str(message["id"]), LabelValues.MAX_CHARS),
+                               "network.transport": "pipe",
                                "mcp.session.id": session.label if session else None}))
             message = with_meta(message, traceparent=span.context.traceparent())
         while True:

@@ -2306,3 +2306,38 @@ class HostileClientTest(unittest.TestCase):
         for future in hung:
             self.assertEqual(status_of(future.result(TIMEOUT)), 504)
         self.assertEqual(gateway.call("fake", rpc("ping"))[0], 200)  # the slots came back
+
+
+class LabelBoundTest(unittest.TestCase):
+    def test_bound_label(self):
+        cases = [("tools/call", 10, "tools/call"), ("abcdefghijk", 10, "abcdefg..."), ("", 10, ""),
+                 ("x" * (1 << 20), 128, "x" * 125 + "...")]
+        for value, limit, expected in cases:
+            with self.subTest(value=value[:20], limit=limit):
+                self.assertEqual(gw.bound_label(value, limit), expected)
+
+    def test_distinct_values_are_capped_per_attribute(self):
+        labels = gw.LabelValues({"method": frozenset({"tools/call"})})
+        labels.MAX_DISTINCT = 2
+        steps = [("method", "a", "a"), ("method", "b", "b"), ("method", "c", "_other"), ("method", "a", "a"),
+                 ("method", "tools/call", "tools/call"),  # a known value always passes
+                 ("tool", "c", "c"), ("tool", "y" * 200, "y" * 125 + "..."), ("tool", "z" * 200, "_other")]
+        for key, value, expected in steps:
+            with self.subTest(key=key, value=value[:10]):
+                self.assertEqual(labels.bound(key, value), expected)
+
+    def test_huge_and_many_tool_names_keep_metrics_small(self):
+        gateway = GatewayProcess(self, base_config([fake_server()]))
+        gateway.wait_state("fake", "ready")
+        conn = gateway.connect()
+        names = ["n%d-" % n + "x" * (1 << 20) for n in range(20)] + ["tool-%d" % n for n in range(300)]
+        for n, name in enumerate(names):
+            status, _, reply = gateway.request("POST", "/fake/rpc", tool_call(name, n), conn=conn)
+            self.assertEqual((status, reply["error"]["code"]), (200, -32602))  # the fake server knows none
+        started = time.monotonic()
+        status, _, text = gateway.request("GET", "/metrics")
+        self.assertEqual(status, 200)
+        self.assertLess(len(text), 1 << 20)
+        self.assertLess(time.monotonic() - started, 2)
+        self.assertIn(b'gen_ai_tool_name="_other"', text)
+        self.assertNotIn(b"x" * 200, text)
