@@ -6,9 +6,10 @@ file runs them as child processes speaking newline-delimited JSON-RPC on stdio, 
 clients share each of them safely:
 
     client --HTTP--> §10 HTTP layer --> §9 sessions --> §8 supervisor --> §7 child process --stdio--> MCP server
-      (token, allowlist, Origin,       (Mcp-Session-Id,   (restart policy,   (id remapping, stdin backlog
-       size and time limits)            event streams,     backoff)           thread, stdout/stderr readers)
-                                        relayed requests)
+      (allowlist and connection caps   (Mcp-Session-Id,   (restart policy,   (id remapping, stdin backlog
+       at accept; token, Origin, size   event streams,     backoff)           thread, stdout/stderr readers)
+       and time limits, calls in        relayed requests)
+       flight per client and token)
     §6 telemetry watches all of it: metrics always (GET /metrics), OTLP/HTTP JSON traces and metrics when the
     standard OTEL_* variables ask for them.
 

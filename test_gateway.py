@@ -11,6 +11,7 @@ import http.server
 import json
 import os
 import plistlib
+import resource
 import signal
 import socket
 import stat
@@ -1890,12 +1891,16 @@ def unused_port_url():
         return "http://127.0.0.1:%d" % probe.getsockname()[1]
 
 
-def thread_count(pid):
-    """Threads of a process (Linux), or 0 where /proc is missing."""
+def proc_entries(pid, folder):
+    """Entries of /proc/PID/FOLDER (Linux: "task" for threads, "fd" for open descriptors), or 0 without /proc."""
     try:
-        return len(os.listdir("/proc/%d/task" % pid))
+        return len(os.listdir("/proc/%d/%s" % (pid, folder)))
     except FileNotFoundError:
         return 0
+
+
+def thread_count(pid):
+    return proc_entries(pid, "task")
 
 
 class StuckChildTest(unittest.TestCase):
@@ -2065,27 +2070,25 @@ def idle_connections(testcase, port, count, source="127.0.0.1"):
     socks = []
     testcase.addCleanup(lambda: [sock.close() for sock in socks])
     for _ in range(count):
-        sock = socket.socket()
-        sock.settimeout(TIMEOUT)
-        sock.bind((source, 0))
-        sock.connect(("127.0.0.1", port))
-        socks.append(sock)
+        socks.append(connect_from(source, port))
     return socks
 
 
-def open_fds(pid):
-    """Open file descriptors of a process (Linux), or 0 where /proc is missing."""
-    try:
-        return len(os.listdir("/proc/%d/fd" % pid))
-    except FileNotFoundError:
-        return 0
+def connect_from(source, port):
+    """A connection to the gateway from a given local address (Linux routes all of 127/8 to loopback)."""
+    sock = socket.socket()
+    sock.settimeout(TIMEOUT)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
 
 
 class ManyDescriptorsTest(unittest.TestCase):
     """Past 1024 open descriptors, where select() gives up, event streams and stuck children still work."""
 
     def test_streams_and_a_stuck_child_past_1024_descriptors(self):
-        import resource
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if hard != resource.RLIM_INFINITY and hard < 2048:
             self.skipTest("the hard file limit is below 2048")
@@ -2096,8 +2099,8 @@ class ManyDescriptorsTest(unittest.TestCase):
                                                    request_timeout_ms=8000))
         idle_connections(self, gateway.port, 1100)
         self.assertEqual(gateway.request("GET", "/health")[0], 200)  # answered after every idle one was accepted
-        if open_fds(gateway.proc.pid):
-            self.assertGreater(open_fds(gateway.proc.pid), 1100)
+        if proc_entries(gateway.proc.pid, "fd"):
+            self.assertGreater(proc_entries(gateway.proc.pid, "fd"), 1100)
         # The child starts now, so its pipes are numbered above 1100.
         self.assertEqual(gateway.tool("stop_reading", seconds=1)["content"][0]["text"], "stopped reading")
         text = "x" * (512 * 1024)  # more than a pipe holds: the rest waits for the writer thread
@@ -2168,10 +2171,7 @@ def raw_request(path, method="GET", token=TOKEN, body=b""):
 
 def exchange_from(source, port, data):
     """raw_exchange from a given source address."""
-    with socket.socket() as sock:
-        sock.settimeout(TIMEOUT)
-        sock.bind((source, 0))
-        sock.connect(("127.0.0.1", port))
+    with connect_from(source, port) as sock:
         sock.sendall(data)
         chunks = []
         while True:
