@@ -6,9 +6,10 @@ file runs them as child processes speaking newline-delimited JSON-RPC on stdio, 
 clients share each of them safely:
 
     client --HTTP--> §10 HTTP layer --> §9 sessions --> §8 supervisor --> §7 child process --stdio--> MCP server
-      (token, allowlist, Origin,       (Mcp-Session-Id,   (restart policy,   (id remapping, stdin backlog
-       size and time limits)            event streams,     backoff)           thread, stdout/stderr readers)
-                                        relayed requests)
+      (allowlist and connection caps   (Mcp-Session-Id,   (restart policy,   (id remapping, stdin backlog
+       at accept; token, Origin, size   event streams,     backoff)           thread, stdout/stderr readers)
+       and time limits, calls in        relayed requests)
+       flight per client and token)
     §6 telemetry watches all of it: metrics always (GET /metrics), OTLP/HTTP JSON traces and metrics when the
     standard OTEL_* variables ask for them.
 
@@ -35,6 +36,7 @@ import http
 import ipaddress
 import itertools
 import json
+import math
 import os
 import platform
 import queue
@@ -74,6 +76,7 @@ PROTOCOL_VERSION_WHEN_ABSENT = "2025-03-26"  # transports spec: no MCP-Protocol-
 
 MAX_HEAD_BYTES = 32 * 1024  # request line + headers; browsers and SDKs send well under 8 KiB
 MAX_HEADER_COUNT = 100  # http.server's own _MAXHEADERS
+MAX_JSON_DEPTH = 128  # nesting in a client's body; MCP messages use under 10, tool arguments rarely 20
 STDERR_LOG_CHARS = 2000  # a child's stderr line longer than this is logged truncated
 STDERR_TAIL_LINES = 10  # the last lines of stderr quoted when a child exits
 LOGGED_LINE_CHARS = 200  # of a child's stdout line that is not JSON-RPC, quoted in the log line that drops it
@@ -234,7 +237,8 @@ class Logger:
 
 
 # Made once: json.dumps and json.loads build a new encoder or decoder on every call with options.
-_compact_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_compact_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+_ascii_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode  # writes lone surrogates as \udXXX
 _log_json = json.JSONEncoder(ensure_ascii=False, default=str).encode
 
 
@@ -242,11 +246,26 @@ def _no_constant(name):
     raise ValueError("%s is not JSON" % name)
 
 
-_decode_json = json.JSONDecoder(parse_constant=_no_constant).decode  # NaN and Infinity are not JSON
+def _finite_float(text):
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: Python would read it as inf and write it back as Infinity
+        raise ValueError("number %s is out of range" % text[:40])
+    return value
+
+
+# NaN, Infinity and numbers too large for a double are not JSON.
+_decode_json = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float).decode
+_SURROGATE_ESCAPE_RE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def json_bytes(value):
-    return _compact_json(value).encode("utf-8")
+    """UTF-8 JSON text; never fails on a string holding a lone surrogate (a child may send one): that is
+    written escaped, as the child wrote it."""
+    text = _compact_json(value)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _ascii_json(value).encode("ascii")
 
 
 def json_loads(data):
@@ -255,6 +274,43 @@ def json_loads(data):
         return _decode_json(data.decode("utf-8"))
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
+
+
+def json_depth_over(value, limit):
+    """Whether arrays and objects nest more than `limit` deep in a decoded value (no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def json_input_problem(data, value):
+    """Why a decoded client body cannot be taken, or None. The gateway copies, encodes and logs what clients
+    send, so it refuses what would fail there: a lone surrogate (\udc00 unpaired: not Unicode text) and nesting
+    deeper than MAX_JSON_DEPTH (Python's recursion limit is near 1000). Cheap for ordinary bodies: the first
+    needs a surrogate escape in the text, the second more brackets than the limit."""
+    if _SURROGATE_ESCAPE_RE.search(data):
+        try:
+            _compact_json(value).encode("utf-8")
+        except UnicodeEncodeError:
+            return "a string holds an unpaired surrogate (\\ud800-\\udfff): not Unicode text"
+    if isinstance(value, (dict, list)) and data.count(b"[") + data.count(b"{") > MAX_JSON_DEPTH and \
+            json_depth_over(value, MAX_JSON_DEPTH):
+        return "arrays and objects nest more than %d deep" % MAX_JSON_DEPTH
+    return None
+
+
+def io_ready(fileobj, events, timeout):
+    """Whether a socket or descriptor is ready for `events` (select.POLLIN, POLLOUT) within `timeout` seconds, or
+    has hung up. poll() because select() cannot watch a descriptor numbered 1024 or more, and the gateway raises
+    its own file limit past that; Linux and macOS both have poll() for sockets and pipes."""
+    poller = select.poll()
+    poller.register(fileobj, events)
+    return bool(poller.poll(max(0, int(timeout * 1000))))
 
 
 def describe_exit(returncode):
@@ -435,6 +491,17 @@ CONFIG_FIELDS = {
     "max_sessions": Field(1000, _check_positive_int, "most MCP sessions open at once, all servers together"),
     "sse_keepalive_ms": Field(15000, _check_positive_int,
                               "an idle event stream gets a comment this often, so proxies keep it open"),
+    # Each connection is a descriptor and a thread; the gateway raises its file limit to 10240, and each child
+    # takes three pipes: 4096 leaves room for both, and for 1,000 MCP sessions each with an event stream.
+    "max_connections": Field(4096, _check_positive_int, "most client connections open at once; more get 503"),
+    # Half of the total, so that one address (a runaway script) can never take every connection.
+    "max_connections_per_client": Field(2048, _check_positive_int,
+                                        "most connections open at once from one client address; more get 503"),
+    # Four times the 64 connections of the heaviest benchmark level: a client that needs more is running away.
+    "max_calls_per_client": Field(256, _check_positive_int,
+                                  "most POST requests in flight from one client address; more get 429"),
+    "max_calls_per_token": Field(512, _check_positive_int,
+                                 "most POST requests in flight under one bearer token; more get 429"),
     "servers": Field(Field.REQUIRED, None, "the MCP servers to run (table below)"),
 }
 
@@ -684,6 +751,16 @@ def token_matches(authorization, expected):
     return hmac.compare_digest(given.strip().encode("utf-8"), expected.encode("utf-8"))
 
 
+def token_name(authorization, tokens):
+    """The name of the token an Authorization header carries, from [(name, token)], or None. Every token is
+    compared, so the time taken does not tell which one came close."""
+    found = None
+    for name, token in tokens:
+        if token_matches(authorization, token) and found is None:
+            found = name
+    return found
+
+
 def command_search_path(spec):
     """The PATH a server's command is looked up on, and where that PATH comes from."""
     if "PATH" in spec.env:
@@ -929,6 +1006,45 @@ class _NoSpan:
 
 
 NO_SPAN = _NoSpan()
+
+
+def bound_label(value, limit):
+    """A client-chosen label value cut to `limit` characters, marked with a trailing "..." when it was cut."""
+    return value if len(value) <= limit else value[:limit - 3] + "..."
+
+
+class LabelValues:
+    """Bounds the values clients choose (method, tool and prompt names) before they become metric labels and
+    span attributes: each is cut to MAX_CHARS, and past MAX_DISTINCT distinct values of one attribute, new
+    values all become OVERFLOW. Memory and /metrics then stay small whatever names clients send."""
+    MAX_CHARS = 128
+    MAX_DISTINCT = 100
+    OVERFLOW = "_other"
+
+    def __init__(self, known=None):
+        self._known = known or {}  # attribute key -> values that always pass and count for nothing
+        self._lock = threading.Lock()
+        self._seen = {}  # attribute key -> set of the values let through (self._lock for additions)
+
+    def bound(self, key, value):
+        value = bound_label(value, self.MAX_CHARS)
+        seen = self._seen.get(key)
+        if seen is not None and value in seen or value in self._known.get(key, ()):  # no lock: the common case
+            return value
+        with self._lock:
+            seen = self._seen.setdefault(key, set())
+            if len(seen) >= self.MAX_DISTINCT and value not in seen:
+                return self.OVERFLOW
+            seen.add(value)
+        return value
+
+
+# The specification's request methods: a flood of made-up ones cannot push them into the overflow value.
+MCP_REQUEST_METHODS = frozenset({
+    "initialize", "ping", "tools/list", "tools/call", "resources/list", "resources/templates/list",
+    "resources/read", "resources/subscribe", "resources/unsubscribe", "prompts/list", "prompts/get",
+    "completion/complete", "logging/setLevel", "server/discover"})
+CLIENT_LABELS = LabelValues({"mcp.method.name": MCP_REQUEST_METHODS})  # one per process: it bounds its memory
 
 
 class Instrument:
@@ -1481,7 +1597,9 @@ class ChildProcess:
         """Writes a message at once when the pipe has room and nothing queued is ahead of it, so the common case
         costs no thread hand-off; what the pipe cannot take waits in a backlog for the writer thread. False when
         the child has stopped reading and its backlog is full: the message is dropped."""
-        data = json_bytes(message) + b"\n"
+        return self._send_line(json_bytes(message) + b"\n")
+
+    def _send_line(self, data):
         with self._write_lock:  # held across os.write on a non-blocking fd only: that never waits
             if not self._stdin_open:
                 return True  # the child is gone; its stdout's end tells the callers why
@@ -1510,7 +1628,7 @@ class ChildProcess:
             while not self._closing.is_set():
                 if not self._backlog_ready.wait(POLL_S):
                     continue
-                select.select([], [self._stdin_fd], [], POLL_S)  # room in the pipe, or a look at _closing
+                io_ready(self._stdin_fd, select.POLLOUT, POLL_S)  # room in the pipe, or a look at _closing
                 with self._write_lock:
                     del self._backlog[:self._write_some(self._backlog)]
                     if not self._backlog:
@@ -1616,12 +1734,12 @@ class ChildProcess:
         gateway_id = next(self._ids)
         forwarded, progress_token = with_progress_token(message, gateway_id)
         call = PendingCall(message["id"], message["method"], session, progress_token)
-        forwarded = dict(forwarded, id=gateway_id)
+        line = json_bytes(dict(forwarded, id=gateway_id)) + b"\n"  # before the call is registered: it may fail
         with self._lock:
             if self._exit_error is not None:
                 raise self._exit_error
             self._pending[gateway_id] = call
-        if not self.send(forwarded):
+        if not self._send_line(line):
             with self._lock:
                 self._pending.pop(gateway_id, None)
             raise unavailable(self.server_id, "server %s is not reading its input (%d bytes wait for it)" % (
@@ -2200,14 +2318,16 @@ class RelayedRequest:
 def mcp_attributes(message, server_id, session):
     """The low-cardinality attributes of an MCP request, for its spans and duration metrics (pure)."""
     method, params = message["method"], message.get("params")
-    attributes = [("mcp.method.name", method), ("host_mcp_gateway.server_id", server_id)]
+    attributes = [("mcp.method.name", CLIENT_LABELS.bound("mcp.method.name", method)),
+                  ("host_mcp_gateway.server_id", server_id)]
     if session is not None and session.protocol_version:
         attributes.append(("mcp.protocol.version", session.protocol_version))
     name = params.get("name") if isinstance(params, dict) else None
     if method == "tools/call" and isinstance(name, str):
-        attributes += [("gen_ai.tool.name", name), ("gen_ai.operation.name", "execute_tool")]
+        attributes += [("gen_ai.tool.name", CLIENT_LABELS.bound("gen_ai.tool.name", name)),
+                       ("gen_ai.operation.name", "execute_tool")]
     elif method == "prompts/get" and isinstance(name, str):
-        attributes.append(("gen_ai.prompt.name", name))
+        attributes.append(("gen_ai.prompt.name", CLIENT_LABELS.bound("gen_ai.prompt.name", name)))
     return tuple(attributes)
 
 
@@ -2406,7 +2526,8 @@ class Router:
         span = NO_SPAN
         if self._telemetry.tracing:
             span = self._telemetry.start_span(mcp_span_name(attributes), SPAN_CLIENT, dict(
-                attributes, **{"jsonrpc.request.id": str(message["id"]), "network.transport": "pipe",
+                attributes, **{"jsonrpc.request.id": bound_label(str(message["id"]), LabelValues.MAX_CHARS),
+                               "network.transport": "pipe",
                                "mcp.session.id": session.label if session else None}))
             message = with_meta(message, traceparent=span.context.traceparent())
         while True:
@@ -2772,6 +2893,7 @@ _REQUEST_LINE_RE = re.compile(rb"(" + _TCHAR + rb"+) ([!-~]+) HTTP/([0-9])\.([0-
 _HEADER_BLOCK_RE = re.compile(rb"%s+:[^\r\n\x00]*(?:\r\n%s+:[^\r\n\x00]*)*" % (_TCHAR, _TCHAR))
 _CONTENT_LENGTH_RE = re.compile(r"[0-9]{1,15}\Z")
 _EVENT_ID_RE = re.compile(r"[0-9]{1,18}\Z")
+_BARE_LF_RE = re.compile(rb"(?<!\r)\n")
 
 
 class Request:
@@ -2831,7 +2953,8 @@ def parse_head(head):
     return Request(method, target, path, version, headers, keep_alive, int(lengths[0]) if lengths else 0)
 
 
-STATIC_ROUTES = {"/health": ("GET",), "/servers": ("GET",), "/metrics": ("GET",), "/rpc": ("POST",)}
+STATIC_ROUTES = {"/health": ("GET", "HEAD"), "/servers": ("GET", "HEAD"), "/metrics": ("GET", "HEAD"),
+                 "/rpc": ("POST",)}  # HEAD is answered as GET without the body
 ROUTE_TEMPLATES = {"health": "/health", "servers": "/servers", "metrics": "/metrics", "rpc": "/rpc",
                    "mcp": "/{server_id}/rpc"}  # http.route, low-cardinality
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
@@ -2848,7 +2971,7 @@ def match_route(path, server_ids):
     if len(parts) == 3 and parts[0] == "" and parts[2] == "rpc":
         if parts[1] in server_ids:
             return "mcp", parts[1], MCP_METHODS
-        raise GatewayError("no server with server_id %r" % parts[1], 404, "unknown_server", server_id=parts[1])
+        raise GatewayError("no server with server_id %r" % parts[1], 404, "server_not_found", server_id=parts[1])
     raise GatewayError("no such path: %s" % path, 404, "not_found")
 
 
@@ -2880,13 +3003,103 @@ def accepts(request, media_type):
 
 
 def parse_json_body(body):
+    """A client's body decoded, or 400 `invalid_json`, before anything is registered for it."""
     try:
-        return json_loads(body)
+        value = json_loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise GatewayError("request body is not valid JSON: %s" % e, 400, "invalid_json", JSONRPC_PARSE_ERROR)
+    problem = json_input_problem(body, value)
+    if problem:
+        raise GatewayError("request body refused: " + problem, 400, "invalid_json", JSONRPC_PARSE_ERROR)
+    return value
 
 
 _REASONS = {status.value: status.phrase for status in http.HTTPStatus}
+
+
+def response_head(status, length, content_type=None, headers=(), close=False):
+    """The head of a response with a body of `length` bytes."""
+    lines = ["HTTP/1.1 %d %s" % (status, _REASONS[status]), "Server: " + SERVER_HEADER,
+             "Date: " + _HttpDate.get(), "Content-Length: %d" % length]
+    if content_type:
+        lines.append("Content-Type: " + content_type)
+    lines.extend("%s: %s" % header for header in headers)
+    if close:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+class Slots:
+    """Counts of what is in use (connections, calls) per key, each kind of key with its own cap. Keys at zero
+    are dropped, so the table holds only what is in use and is bounded by it."""
+
+    def __init__(self, caps):
+        self._caps = caps  # kind of key -> most in use at once
+        self._lock = threading.Lock()
+        self._counts = {}  # (kind, value) -> number in use (self._lock)
+
+    def acquire(self, keys):
+        """Takes one under every (kind, value) key, or none: then returns the first key at its cap."""
+        with self._lock:
+            for key in keys:
+                if self._counts.get(key, 0) >= self._caps[key[0]]:
+                    return key
+            for key in keys:
+                self._counts[key] = self._counts.get(key, 0) + 1
+        return None
+
+    def release(self, keys):
+        with self._lock:
+            for key in keys:
+                left = self._counts.pop(key) - 1
+                if left:
+                    self._counts[key] = left
+
+
+class RefusalLog:
+    """Which refusals get a log line. Refused requests (no token, a wrong one, bad framing, an address outside
+    allowed_clients) cost a client nothing to send, so each address gets BURST lines per window and the rest
+    are counted; summary() reports what was left out, so nothing goes unsaid. At most MAX_ADDRESSES addresses
+    are tracked per window; refusals from others are only counted."""
+    BURST = 20
+    WINDOW_S = 10.0
+    MAX_ADDRESSES = 1000
+    SUMMARY_CLIENTS = 10  # the addresses a summary names, those with the most left out
+
+    def __init__(self, clock=now):
+        self._clock = clock
+        self._lock = threading.Lock()  # guards the fields below
+        self._window_end = clock() + self.WINDOW_S
+        self._logged = {}  # client address -> lines logged in this window
+        self._dropped = {}  # client address -> refusals left out in this window
+        self._untracked = 0  # refusals left out from addresses past MAX_ADDRESSES
+
+    def allow(self, address):
+        with self._lock:
+            logged = self._logged.get(address, 0)
+            if logged < self.BURST and (logged or len(self._logged) < self.MAX_ADDRESSES):
+                self._logged[address] = logged + 1
+                return True
+            if logged:
+                self._dropped[address] = self._dropped.get(address, 0) + 1
+            else:
+                self._untracked += 1
+            return False
+
+    def summary(self, force=False):
+        """What the window left out, once it has ended (or now, with `force`), and a new window; None when
+        nothing was left out or the window is still open."""
+        with self._lock:
+            if not force and self._clock() < self._window_end:
+                return None
+            dropped, untracked = self._dropped, self._untracked
+            self._window_end = self._clock() + self.WINDOW_S
+            self._logged, self._dropped, self._untracked = {}, {}, 0
+        if not dropped and not untracked:
+            return None
+        top = sorted(dropped.items(), key=lambda item: -item[1])[:self.SUMMARY_CLIENTS]
+        return {"dropped": sum(dropped.values()) + untracked, "clients": len(dropped), "untracked": untracked,
+                "top_clients": dict(top)}
 
 
 class _HttpDate:
@@ -2901,6 +3114,19 @@ class _HttpDate:
         return cls.text
 
 
+def refuse_at_accept(sock, error):
+    """Answers a connection with `error` without reading its request, then ends the writing side; the caller
+    closes it. The answer fits an empty socket buffer, so the write cannot wait."""
+    body = json_bytes(error.body())
+    try:
+        sock.setblocking(False)
+        sock.send(response_head(error.http_status, len(body), "application/json", error.headers, True) + body)
+        sock.shutdown(socket.SHUT_WR)
+        sock.recv(65536)  # what the client sent already: left unread at close, it would turn the FIN into a reset
+    except OSError:
+        pass
+
+
 class Connection(socketserver.BaseRequestHandler):
     """One client connection. Requests are read under deadlines with the strict parser above (http.server's own
     accepts what a gateway must not) and each response leaves in one sendall."""
@@ -2909,8 +3135,7 @@ class Connection(socketserver.BaseRequestHandler):
         self.front = self.server.front
         self.sock = self.request
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.client = self.client_address[0]
-        self.allowed = self.front.allowlist.allows(self.client)  # fixed for the connection's life
+        self.client = self.client_address[0]  # in allowed_clients: the others are turned away at accept
         self.busy = False  # inside a request (shutdown gives these a grace)
         self.close = False  # the connection ends after the current response
         self.response_headers = []  # added to every response to the current request (CORS)
@@ -2940,15 +3165,18 @@ class Connection(socketserver.BaseRequestHandler):
 
     def _read_head(self):
         """The next request's head, None when the client closed or stayed idle; 408 for a slow sender."""
-        while self._buffer[:2] == b"\r\n":  # RFC 9112 2.2: ignore empty lines before a request line
-            del self._buffer[:2]
         deadline = None
         while True:
+            if self._buffer[:1] in (b"\r", b"\n"):  # RFC 9112 2.2: ignore empty lines before a request line
+                del self._buffer[:len(self._buffer) - len(self._buffer.lstrip(b"\r\n"))]
             end = self._buffer.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES + 4)
             if end >= 0:
                 head = bytes(self._buffer[:end])
                 del self._buffer[:end + 4]
                 return head
+            if _BARE_LF_RE.search(self._buffer, 0, MAX_HEAD_BYTES + 4):  # it would never end with CRLF CRLF
+                self.send_error(bad_request("request head lines must end with CRLF", close=True))
+                return None
             if len(self._buffer) >= MAX_HEAD_BYTES + 4:
                 self.send_error(GatewayError("request head larger than %d bytes" % MAX_HEAD_BYTES, 431,
                                              "headers_too_large", close=True))
@@ -2991,14 +3219,9 @@ class Connection(socketserver.BaseRequestHandler):
         """Sends a whole response in one write (its head only, for a HEAD request)."""
         if not keep_alive:
             self.close = True
-        lines = ["HTTP/1.1 %d %s" % (status, _REASONS[status]), "Server: " + SERVER_HEADER,
-                 "Date: " + _HttpDate.get(), "Content-Length: %d" % len(body)]
-        if body:
-            lines.append("Content-Type: " + content_type)
-        lines.extend("%s: %s" % header for header in list(headers) + self.response_headers)
-        if self.close:
-            lines.append("Connection: close")
-        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if self.head else body))
+        head = response_head(status, len(body), content_type if body else None,
+                             list(headers) + self.response_headers, self.close)
+        self.sock.sendall(head + (b"" if self.head else body))
 
     def start_stream(self, request, headers=()):
         """Starts a text/event-stream response; events follow with send_event, and end_stream ends it."""
@@ -3030,8 +3253,7 @@ class Connection(socketserver.BaseRequestHandler):
     def peer_closed(self):
         """Whether the client has closed its side (looked at without reading or blocking)."""
         try:
-            readable, _, _ = select.select([self.sock], [], [], 0)
-            return bool(readable) and self.sock.recv(1, socket.MSG_PEEK) == b""
+            return io_ready(self.sock, select.POLLIN, 0) and self.sock.recv(1, socket.MSG_PEEK) == b""
         except OSError:
             return True
 
@@ -3067,6 +3289,11 @@ class HttpFront:
         self.router = router
         self.telemetry = telemetry
         self.allowlist = Allowlist(config.allowed_clients)
+        # (name, token): named so that calls are counted per token, and more tokens need no other change here
+        self.tokens = [("default", config.auth_token)]
+        self.calls = Slots({"client": config.max_calls_per_client, "token": config.max_calls_per_token})
+        self.refusals = RefusalLog()
+        self.connection_slots = Slots({"total": config.max_connections, "client": config.max_connections_per_client})
         self.stopping = threading.Event()
         self.started_at = now()
         self._lock = threading.Condition()  # notified when a request ends
@@ -3099,11 +3326,8 @@ class HttpFront:
     def serve(self, conn, head):
         started = now()
         request, route, server_id, status, outcome, span = None, None, None, 0, "ok", NO_SPAN
-        conn.head = False
+        conn.head, token = False, None
         try:
-            if not conn.allowed:
-                raise GatewayError("client address %s is not in allowed_clients" % conn.client, 403,
-                                   "forbidden_client", close=True)
             request = parse_head(head)
             if self.telemetry.tracing:
                 span = self.telemetry.start_span(request.method, SPAN_SERVER, {
@@ -3125,7 +3349,8 @@ class HttpFront:
                 if request.method == "OPTIONS" and "access-control-request-method" in request.headers:
                     status = self._preflight(conn, request)
                     return
-            if not token_matches(request.headers.get("authorization"), self.config.auth_token):
+            token = token_name(request.headers.get("authorization"), self.tokens)
+            if token is None:
                 raise GatewayError("missing or wrong bearer token", 401, "unauthorized",
                                    headers=[("WWW-Authenticate", 'Bearer realm="host-mcp-gateway"')])
             name, server_id, methods = match_route(request.path, self.runtimes)
@@ -3142,7 +3367,7 @@ class HttpFront:
                 conn.send_continue()
             body = conn.read_body(request.content_length)
             request.content_length = 0  # consumed: an error from here on leaves the connection usable
-            status = self._endpoints[name, request.method](conn, request, body, server_id)
+            status = self._run(conn, request, body, name, server_id, token)
         except GatewayError as e:
             status, outcome = e.http_status, e.error_code
             if e.server_id is None:
@@ -3159,15 +3384,66 @@ class HttpFront:
         except Exception as e:
             status, outcome = 500, "internal_error"
             self.log.error("internal_error", error=repr(e), path=request.path if request else None)
-            conn.send_error(GatewayError("internal error: %s" % type(e).__name__, 500, "internal_error",
-                                         close=True))
+            if conn.streamed:
+                conn.close = True  # a response has begun: a second one inside it would corrupt it
+            else:
+                conn.send_error(GatewayError("internal error: %s" % type(e).__name__, 500, "internal_error",
+                                             close=True))
         finally:
             duration = now() - started
             self._record(request, route, status, outcome, duration, span)
-            self.log.info("http_request", method=request.method if request else None,
-                          path=request.path if request else None, status=status,
-                          duration_ms=round(duration * 1000, 3), client=conn.client, server_id=server_id)
+            if token is not None or status < 400 or self.refusals.allow(conn.client):
+                self.log.info("http_request", method=request.method if request else None,
+                              path=request.path if request else None, status=status,
+                              duration_ms=round(duration * 1000, 3), client=conn.client, server_id=server_id)
             _active.span = None
+
+    def _run(self, conn, request, body, name, server_id, token):
+        """Runs the endpoint; a POST counts against its client's and its token's calls in flight."""
+        if request.method != "POST":
+            method = "GET" if request.method == "HEAD" else request.method
+            return self._endpoints[name, method](conn, request, body, server_id)
+        keys = (("client", conn.client), ("token", token))
+        full = self.calls.acquire(keys)
+        if full is not None:
+            raise GatewayError("too many requests in flight from this %s (max_calls_per_%s); retry later" % (
+                "client address" if full[0] == "client" else "token", full[0]), 429, "too_many_requests",
+                server_id=server_id, headers=[("Retry-After", "1")])
+        try:
+            return self._endpoints[name, request.method](conn, request, body, server_id)
+        finally:
+            self.calls.release(keys)
+
+    def log_refusal_summary(self, force=False):
+        """Says how many refusals the log left out in the window that ended (RefusalLog)."""
+        summary = self.refusals.summary(force)
+        if summary is not None:
+            self.log.warning("refusals_not_logged", window_s=RefusalLog.WINDOW_S, **summary)
+
+    def admit(self, sock, client_address):
+        """At accept, before anything is read and before a thread is started for it: a client outside
+        allowed_clients gets 403, one over the connection caps 503, at once; then the connection closes. Returns
+        whether it was let in."""
+        client = client_address[0]
+        if not self.allowlist.allows(client):
+            error = GatewayError("client address %s is not in allowed_clients" % client, 403, "forbidden_client")
+        elif self.connection_slots.acquire(self._connection_keys(client)) is not None:
+            error = GatewayError("too many connections open (max_connections, max_connections_per_client); retry "
+                                 "later", 503, "too_many_connections", headers=[("Retry-After", "1")])
+        else:
+            return True
+        refuse_at_accept(sock, error)
+        self._record(None, None, error.http_status, error.error_code, 0.0, NO_SPAN)
+        if self.refusals.allow(client):
+            self.log.info("connection_refused", client=client, status=error.http_status, error_code=error.error_code)
+        return False
+
+    def release(self, client_address):
+        self.connection_slots.release(self._connection_keys(client_address[0]))
+
+    @staticmethod
+    def _connection_keys(client):
+        return ("total", None), ("client", client)
 
     def _record(self, request, route, status, outcome, duration, span):
         """The request's metrics, and the end of its SERVER span (an error span only for 5xx answers)."""
@@ -3183,8 +3459,9 @@ class HttpFront:
         span.end()
 
     def _preflight(self, conn, request):
-        """A browser's CORS preflight, the one request answered without a token: it never carries one."""
-        _, _, methods = match_route(request.path, self.runtimes)
+        """A browser's CORS preflight, the one request answered without a token: it never carries one. Any path
+        gets the same answer whether or not it names a server, so that a preflight tells nobody which exist."""
+        methods = STATIC_ROUTES.get(request.path, MCP_METHODS)
         conn.send(204, headers=[("Access-Control-Allow-Methods", ", ".join(methods + ("OPTIONS",))),
                                 ("Access-Control-Allow-Headers", CORS_ALLOW_HEADERS),
                                 ("Access-Control-Max-Age", "600")])
@@ -3222,7 +3499,7 @@ class HttpFront:
         self._continue_trace(request, wrapper["payload"])
         runtime = self.runtimes.get(server_id)
         if runtime is None:
-            raise GatewayError("no server with server_id %r" % server_id, 404, "unknown_server",
+            raise GatewayError("no server with server_id %r" % server_id, 404, "server_not_found",
                                server_id=server_id)
         if runtime.spec.isolation == "session":
             raise session_required(server_id)
@@ -3411,12 +3688,22 @@ class _HTTPServer(ThreadingHTTPServer):
         self._short_of_descriptors = False
         return accepted
 
+    def verify_request(self, request, client_address):
+        return self.front.admit(request, client_address)
+
+    def service_actions(self):
+        self.front.log_refusal_summary()  # the accept loop comes here a few times a second
+
     def process_request(self, request, client_address):
         thread = threading.Thread(target=self._serve_connection, args=(request, client_address),
                                   name="http-%s:%s" % client_address[:2], daemon=True)
         with self._threads_lock:
             self.threads.add(thread)
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError:  # out of threads: socketserver logs it and closes the connection
+            self._forget(thread, client_address)
+            raise
 
     def _serve_connection(self, request, client_address):
         try:
@@ -3425,8 +3712,12 @@ class _HTTPServer(ThreadingHTTPServer):
             self.front.log.error("thread_failed", thread=threading.current_thread().name, error=repr(e))
         finally:
             self.shutdown_request(request)
-            with self._threads_lock:
-                self.threads.discard(threading.current_thread())
+            self._forget(threading.current_thread(), client_address)
+
+    def _forget(self, thread, client_address):
+        with self._threads_lock:
+            self.threads.discard(thread)
+        self.front.release(client_address)
 
     def handle_error(self, request, client_address):
         self.front.log.error("connection_failed", client=client_address[0], error=repr(sys.exc_info()[1]))
@@ -3507,6 +3798,7 @@ class Gateway:
             for thread in list(self._httpd.threads):
                 thread.join(timeout=min(POLL_S, max(0.0, deadline - now())))
         self.telemetry.stop(max(0.2, deadline - now()))
+        self.front.log_refusal_summary(force=True)
         self.log.info("stopped")
 
     def _close_connections(self, idle_only):
@@ -3670,10 +3962,12 @@ def raise_file_limit():
 
 
 def serve(config, logger, on_listening=None):
-    """Runs the gateway until SIGTERM or SIGINT. Returns the exit code."""
+    """Runs the gateway until SIGTERM, SIGINT or SIGHUP (a closed Terminal window; there is no reload to do).
+    Returns the exit code."""
     raise_file_limit()
     stop = threading.Event()
-    previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGTERM, signal.SIGINT)}
+    previous = {signum: signal.signal(signum, lambda *_: stop.set())
+                for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     gateway = Gateway(config, logger)
     logger.start_background()
     try:

@@ -11,6 +11,7 @@ import http.server
 import json
 import os
 import plistlib
+import resource
 import signal
 import socket
 import stat
@@ -531,7 +532,7 @@ class RouteTest(unittest.TestCase):
             with self.subTest(path=path):
                 self.assertEqual(gw.match_route(path, ids)[:2], expected)
         for path, code in [("/", "not_found"), ("//health", "not_found"), ("/health/", "not_found"),
-                           ("/fake/rpc/x", "not_found"), ("/nope/rpc", "unknown_server"), ("/fake", "not_found")]:
+                           ("/fake/rpc/x", "not_found"), ("/nope/rpc", "server_not_found"), ("/fake", "not_found")]:
             with self.subTest(path=path):
                 with self.assertRaises(gw.GatewayError) as caught:
                     gw.match_route(path, ids)
@@ -830,12 +831,12 @@ class HttpFrontTest(unittest.TestCase):
     def test_error_shapes(self):
         cases = [
             ("GET", "/nope", None, 404, "not_found"),
-            ("GET", "/nope/rpc", None, 404, "unknown_server"),
+            ("GET", "/nope/rpc", None, 404, "server_not_found"),
             ("DELETE", "/health", None, 405, "method_not_allowed"),
             ("GET", "/rpc", None, 405, "method_not_allowed"),
             ("POST", "/fake/rpc", b"{not json", 400, "invalid_json"),
             ("POST", "/rpc", b"[1]", 400, "invalid_request"),
-            ("POST", "/rpc", {"server_id": "nope", "payload": rpc("ping")}, 404, "unknown_server"),
+            ("POST", "/rpc", {"server_id": "nope", "payload": rpc("ping")}, 404, "server_not_found"),
             ("POST", "/fake/rpc", b"x" * 2000, 413, "payload_too_large"),
         ]
         for method, path, body, status, code in cases:
@@ -845,7 +846,7 @@ class HttpFrontTest(unittest.TestCase):
                 self.assertIsInstance(reply["error"]["message"], str)
                 self.assertEqual(response.getheader("Content-Type"), "application/json")
                 if status == 405:
-                    self.assertIn(response.getheader("Allow"), ("GET", "POST"))
+                    self.assertIn(response.getheader("Allow"), ("GET, HEAD", "POST"))
 
     def test_oversized_body_is_refused_before_it_is_sent(self):
         with socket.create_connection(("127.0.0.1", self.gateway.port), timeout=TIMEOUT) as sock:
@@ -953,6 +954,14 @@ class AccessRuleTest(unittest.TestCase):
         self.assertEqual(gateway.stop(signal.SIGTERM), 0)
         self.assertLess(time.monotonic() - started, 5)
         wait_for(lambda: process_gone(pid) and process_gone(grandchild), what="the child and grandchild to end")
+
+    def test_sighup_stops_cleanly_like_sigterm(self):
+        gateway = GatewayProcess(self, base_config([fake_server()]))
+        gateway.wait_state("fake", "ready")
+        pid = gateway.tool("pid")["structuredContent"]["pid"]
+        self.assertEqual(gateway.stop(signal.SIGHUP), 0)
+        gateway.wait_log(lambda r: r.get("event") == "stopped")
+        wait_for(lambda: process_gone(pid), what="the child to end")
 
     def test_sigint_stops_with_a_request_in_flight(self):
         gateway = GatewayProcess(self, base_config([fake_server()]))
@@ -1596,6 +1605,15 @@ class SessionTest(unittest.TestCase):
         self.assertEqual(status, 403)
         self.assertEqual(self.gateway.request("OPTIONS", "/fake/rpc", token=None)[0], 401)
 
+    def test_a_preflight_does_not_tell_which_servers_exist(self):
+        preflight = {"Access-Control-Request-Method": "POST", "Origin": "http://app.example:8080"}
+        answers = []
+        for path in ("/fake/rpc", "/no-such-server/rpc"):
+            status, response, body = self.gateway.request("OPTIONS", path, token=None, headers=preflight)
+            answers.append((status, body, response.getheader("Access-Control-Allow-Methods")))
+        self.assertEqual(answers[0], answers[1])
+        self.assertEqual(answers[0][0], 204)
+
 
 def in_flight_from(testcase, client, message):
     """Posts `message` on a connection of its own from a worker thread; returns the future of its result."""
@@ -2228,12 +2246,16 @@ def unused_port_url():
         return "http://127.0.0.1:%d" % probe.getsockname()[1]
 
 
-def thread_count(pid):
-    """Threads of a process (Linux), or 0 where /proc is missing."""
+def proc_entries(pid, folder):
+    """Entries of /proc/PID/FOLDER (Linux: "task" for threads, "fd" for open descriptors), or 0 without /proc."""
     try:
-        return len(os.listdir("/proc/%d/task" % pid))
+        return len(os.listdir("/proc/%d/%s" % (pid, folder)))
     except FileNotFoundError:
         return 0
+
+
+def thread_count(pid):
+    return proc_entries(pid, "task")
 
 
 class StuckChildTest(unittest.TestCase):
@@ -2291,9 +2313,33 @@ class HostileInputTest(unittest.TestCase):
                              TOKEN.encode() + b"\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
                              b"Authorization: Bearer " + TOKEN.encode() + b"\r\n\r\n")
         first, second = reply.split(b"HTTP/1.1 ", 2)[1:]
-        self.assertTrue(first.startswith(b"405 "))
+        self.assertTrue(first.startswith(b"200 "))  # HEAD is GET without the body
         self.assertTrue(first.endswith(b"\r\n\r\n"))  # a head, no body
         self.assertTrue(second.startswith(b"200 "))
+        self.assertIn(b"Content-Type: application/json", first)  # the GET's head: its length, its type
+        self.assertNotIn(b"Content-Length: 0\r\n", first)
+        for path, status in (("/servers", 200), ("/metrics", 200), ("/fake/rpc", 405), ("/rpc", 405)):
+            with self.subTest(path=path):
+                got, response, body = self.gateway.request("HEAD", path)
+                self.assertEqual((got, body), (status, None))
+                if status == 405:
+                    self.assertNotIn("HEAD", response.getheader("Allow"))
+
+    def test_empty_lines_before_a_request_are_ignored_and_bare_lf_is_refused_at_once(self):
+        request = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer " + TOKEN.encode() + \
+            b"\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", self.gateway.port), timeout=TIMEOUT) as sock:
+            sock.sendall(b"\r\n")  # in a packet of its own, read alone while nothing comes back
+            sock.settimeout(1.0)
+            self.assertRaises(socket.timeout, sock.recv, 65536)
+            sock.settimeout(TIMEOUT)
+            sock.sendall(b"\r\n" + request)
+            self.assertEqual(status_of(sock.recv(65536)), 200)
+        self.assertEqual(status_of(raw_exchange(self.gateway.port, b"\r\n\r\n" + request)), 200)
+        started = time.monotonic()
+        reply = raw_exchange(self.gateway.port, b"GET /health HTTP/1.1\nHost: x\n\n")
+        self.assertEqual((status_of(reply), body_of(reply)["error"]["error_code"]), (400, "bad_request"))
+        self.assertLess(time.monotonic() - started, 2)  # not the client timeout
 
     def test_two_host_headers_are_refused(self):
         reply = raw_exchange(self.gateway.port, b"GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
@@ -2372,3 +2418,281 @@ class LimitsTest(unittest.TestCase):
         self.assertEqual((status, reply["error"]["data"]["error_code"]), (504, "timeout"))
         gateway.wait_log(lambda r: r.get("event") == "child_late_response_dropped")
         self.assertEqual(gateway.tool("big", bytes=50000)["structuredContent"], {"length": 50000})
+
+
+def idle_connections(testcase, port, count, source="127.0.0.1"):
+    """`count` connections that say nothing, closed at the end of the test."""
+    socks = []
+    testcase.addCleanup(lambda: [sock.close() for sock in socks])
+    for _ in range(count):
+        socks.append(connect_from(source, port))
+    return socks
+
+
+def connect_from(source, port):
+    """A connection to the gateway from a given local address (Linux routes all of 127/8 to loopback)."""
+    sock = socket.socket()
+    sock.settimeout(TIMEOUT)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+
+
+class ManyDescriptorsTest(unittest.TestCase):
+    """Past 1024 open descriptors, where select() gives up, event streams and stuck children still work."""
+
+    def test_streams_and_a_stuck_child_past_1024_descriptors(self):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY and hard < 2048:
+            self.skipTest("the hard file limit is below 2048")
+        if soft != resource.RLIM_INFINITY and soft < 2048:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (2048, hard))
+            self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+        gateway = GatewayProcess(self, base_config([fake_server(autostart=False)], sse_keepalive_ms=100,
+                                                   request_timeout_ms=8000))
+        idle_connections(self, gateway.port, 1100)
+        self.assertEqual(gateway.request("GET", "/health")[0], 200)  # answered after every idle one was accepted
+        if proc_entries(gateway.proc.pid, "fd"):
+            self.assertGreater(proc_entries(gateway.proc.pid, "fd"), 1100)
+        # The child starts now, so its pipes are numbered above 1100.
+        self.assertEqual(gateway.tool("stop_reading", seconds=1)["content"][0]["text"], "stopped reading")
+        text = "x" * (512 * 1024)  # more than a pipe holds: the rest waits for the writer thread
+        self.assertEqual(gateway.tool("echo", text=text)["content"][0]["text"], text)
+        client = McpClient(gateway)
+        stream = client.open_stream()
+        self.assertEqual(stream.status, 200)
+        events = read_sse(stream, until=lambda m: m == ":keepalive")
+        read_sse(stream, until=lambda m: m == ":keepalive")  # a second one: the stream lived through a look
+        self.assertEqual(events[-1], (None, ":keepalive"))
+        hang_up(stream)
+        again = reopen_stream(client)
+        self.assertEqual(again.status, 200)
+        hang_up(again)
+        self.assertFalse([r for r in gateway.logs if r.get("event") in ("internal_error", "thread_failed")])
+
+
+class JsonInputTest(unittest.TestCase):
+    def test_json_input_problem(self):
+        cases = [(b'{"a":"\\udc00"}', "surrogate"), (b'{"a":"\\ud800"}', "surrogate"),
+                 (b'["\\ud83d\\ude00"]', None),  # a pair is one character
+                 (b'"\\\\udc00"', None),  # an escaped backslash, then text
+                 (b"[" * 129 + b"]" * 129, "nest"), (b"[" * 128 + b"]" * 128, None),
+                 (b'[' + b'[],' * 500 + b'[]]', None),  # many brackets, shallow
+                 (b'{"k":' * 200 + b'1' + b'}' * 200, "nest")]
+        for data, expected in cases:
+            with self.subTest(data=data[:30]):
+                problem = gw.json_input_problem(data, gw.json_loads(data))
+                if expected is None:
+                    self.assertIsNone(problem)
+                else:
+                    self.assertIn(expected, problem)
+
+    def test_numbers_and_encoding(self):
+        for text in (b"1e400", b"-1e400", b'{"id":1e999}', b"NaN", b"Infinity"):
+            with self.subTest(text=text):
+                self.assertRaises(ValueError, gw.json_loads, text)
+        self.assertEqual(gw.json_loads(b"[1e308, 0.5]"), [1e308, 0.5])
+        self.assertRaises(ValueError, gw.json_bytes, float("inf"))
+        self.assertEqual(gw.json_bytes({"a": "\udc00é"}), b'{"a":"\\udc00\\u00e9"}')  # still JSON text
+        self.assertEqual(gw.json_bytes({"a": "é"}), '{"a":"é"}'.encode("utf-8"))
+
+    def test_hostile_bodies_are_refused_before_anything_is_registered(self):
+        gateway = GatewayProcess(self, base_config([fake_server()]))
+        gateway.wait_state("fake", "ready")
+        deep = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":%s}}}' % (
+            "[" * 975 + '"x"' + "]" * 975)
+        cases = [("/fake/rpc", json.dumps(tool_call("echo", text="\udc00"))),
+                 ("/fake/rpc", deep),
+                 ("/fake/rpc", '{"jsonrpc":"2.0","id":"\\ud800","method":"ping"}'),
+                 ("/fake/rpc", '{"jsonrpc":"2.0","id":1e400,"method":"ping"}'),
+                 ("/rpc", '{"server_id":"\\ud800","payload":{"jsonrpc":"2.0","id":1,"method":"ping"}}'),
+                 ("/rpc", json.dumps({"server_id": "fake", "payload": tool_call("echo", text="\udc00")}))]
+        for path, body in cases:
+            with self.subTest(path=path, body=body[:60]):
+                status, _, reply = gateway.request("POST", path, body)
+                self.assertEqual((status, reply["error"]["error_code"]), (400, "invalid_json"))
+        self.assertEqual(gateway.servers()["fake"]["calls_in_flight"], 0)
+        self.assertFalse([r for r in gateway.logs if r.get("event") == "internal_error"])
+        self.assertEqual(gateway.tool("add", a=1, b=2)["structuredContent"], {"sum": 3})
+
+
+def raw_request(path, method="GET", token=TOKEN, body=b""):
+    auth = b"Authorization: Bearer " + token.encode() + b"\r\n" if token else b""
+    return (b"%s %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n%sContent-Length: %d\r\n\r\n%s" % (
+        method.encode(), path.encode(), auth, len(body), body))
+
+
+def exchange_from(source, port, data):
+    """raw_exchange from a given source address."""
+    with connect_from(source, port) as sock:
+        sock.sendall(data)
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+class LimitsUnitTest(unittest.TestCase):
+    def test_slots(self):
+        slots = gw.Slots({"total": 3, "client": 2})
+        a, b = (("total", None), ("client", "a")), (("total", None), ("client", "b"))
+        steps = [(a, None), (a, None), (a, ("client", "a")), (b, None), (b, ("total", None))]
+        for keys, refused in steps:
+            with self.subTest(keys=keys):
+                self.assertEqual(slots.acquire(keys), refused)
+        slots.release(a)
+        self.assertIsNone(slots.acquire(b))
+        for keys in (a, b, b):
+            slots.release(keys)
+        self.assertEqual(slots._counts, {})  # nothing kept for keys no longer in use
+
+    def test_refusal_log(self):
+        clock = FakeClock()
+        log = gw.RefusalLog(clock)
+        log.BURST, log.MAX_ADDRESSES = 2, 3
+        # (time, address, logged?)
+        steps = [(0, "a", True), (1, "a", True), (2, "a", False), (2, "a", False), (3, "b", True), (3, "c", True),
+                 (4, "d", False), (4, "e", False), (5, "b", True), (5, "b", False)]
+        for t, address, logged in steps:
+            with self.subTest(t=t, address=address):
+                clock.t = t
+                self.assertEqual(log.allow(address), logged)
+        self.assertIsNone(log.summary())  # the window is still open
+        clock.t = log.WINDOW_S
+        self.assertEqual(log.summary(), {"dropped": 5, "clients": 2, "untracked": 2, "top_clients": {"a": 2, "b": 1}})
+        self.assertEqual((len(log._logged), len(log._dropped)), (0, 0))
+        self.assertTrue(log.allow("a"))  # a new window
+        self.assertIsNone(log.summary(force=True))  # nothing was left out
+        for _ in range(5):
+            log.allow("z")
+        self.assertEqual(log.summary(force=True)["dropped"], 3)
+
+    def test_token_name(self):
+        tokens = [("default", TOKEN), ("ci", "c" * 40)]
+        cases = [("Bearer " + TOKEN, "default"), ("bearer " + "c" * 40, "ci"), ("Bearer nope", None), (None, None)]
+        for header, name in cases:
+            with self.subTest(header=header):
+                self.assertEqual(gw.token_name(header, tokens), name)
+
+
+class HostileClientTest(unittest.TestCase):
+    """Many connections, refused clients and floods from one address leave others served."""
+
+    def setUp(self):
+        try:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.2", 0))
+        except OSError:
+            self.skipTest("127.0.0.2 is not a local address here")
+
+    def test_connection_caps_per_client_and_in_total(self):
+        gateway = GatewayProcess(self, base_config([fake_server(autostart=False)], max_connections=5,
+                                                   max_connections_per_client=3))
+        idle_connections(self, gateway.port, 3, "127.0.0.2")
+        refused = exchange_from("127.0.0.2", gateway.port, b"")
+        self.assertEqual((status_of(refused), body_of(refused)["error"]["error_code"]), (503, "too_many_connections"))
+        self.assertIn(b"Retry-After: 1", refused)
+        self.assertEqual(status_of(exchange_from("127.0.0.1", gateway.port, raw_request("/health"))), 200)
+        idle_connections(self, gateway.port, 2, "127.0.0.1")  # five now: the total is reached
+        self.assertEqual(status_of(exchange_from("127.0.0.3", gateway.port, b"")), 503)
+        gateway.wait_log(lambda r: r.get("event") == "connection_refused" and r.get("client") == "127.0.0.3")
+
+    def test_a_refused_address_gets_403_at_once_and_holds_no_thread(self):
+        gateway = GatewayProcess(self, base_config([fake_server(autostart=False)], allowed_clients=["127.0.0.1"]))
+        threads = thread_count(gateway.proc.pid)
+        socks = idle_connections(self, gateway.port, 50, "127.0.0.2")
+        for sock in socks:  # sent nothing, answered anyway
+            reply = b""
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
+            self.assertEqual((status_of(reply), body_of(reply)["error"]["error_code"]), (403, "forbidden_client"))
+        self.assertLessEqual(thread_count(gateway.proc.pid), threads)
+        self.assertEqual(status_of(exchange_from("127.0.0.1", gateway.port, raw_request("/health"))), 200)
+
+    def test_refusals_are_logged_at_a_bounded_rate_with_a_summary(self):
+        gateway = GatewayProcess(self, base_config([fake_server(autostart=False)]))
+        conn = gateway.connect()
+        for _ in range(200):
+            self.assertEqual(gateway.request("GET", "/health", token="wrong-token", conn=conn)[0], 401)
+        self.assertEqual(gateway.request("GET", "/health")[0], 200)
+        self.assertEqual(gateway.stop(), 0)
+        refused = [r for r in gateway.logs if r.get("event") == "http_request" and r.get("status") == 401]
+        self.assertEqual(len(refused), gw.RefusalLog.BURST)
+        summary = [r for r in gateway.logs if r.get("event") == "refusals_not_logged"]
+        self.assertEqual(sum(r["dropped"] for r in summary), 200 - gw.RefusalLog.BURST)
+        self.assertTrue(any(r.get("status") == 200 for r in gateway.logs if r.get("event") == "http_request"))
+
+    def test_calls_in_flight_are_capped_per_client_and_per_token(self):
+        gateway = GatewayProcess(self, base_config([fake_server()], max_calls_per_client=2, max_calls_per_token=3,
+                                                   request_timeout_ms=3000))
+        gateway.wait_state("fake", "ready")
+        pool = ThreadPoolExecutor(4)
+        self.addCleanup(pool.shutdown)
+        body = json.dumps(tool_call("hang")).encode()
+
+        def hang(source):
+            return exchange_from(source, gateway.port, raw_request("/fake/rpc", "POST", body=body))
+        hung = [pool.submit(hang, "127.0.0.2") for _ in range(2)]
+        wait_for(lambda: gateway.servers()["fake"]["calls_in_flight"] == 2, what="two calls in flight")
+        refused = exchange_from("127.0.0.2", gateway.port, raw_request("/fake/rpc", "POST", body=body))
+        self.assertEqual((status_of(refused), body_of(refused)["error"]["error_code"]), (429, "too_many_requests"))
+        self.assertIn(b"Retry-After: 1", refused)
+        self.assertIn("max_calls_per_client", body_of(refused)["error"]["message"])
+        hung.append(pool.submit(hang, "127.0.0.3"))  # another address is served ...
+        wait_for(lambda: gateway.servers()["fake"]["calls_in_flight"] == 3, what="three calls in flight")
+        refused = exchange_from("127.0.0.4", gateway.port, raw_request("/fake/rpc", "POST", body=body))
+        self.assertIn("max_calls_per_token", body_of(refused)["error"]["message"])  # ... up to the token's cap
+        self.assertEqual(gateway.request("GET", "/health")[0], 200)  # a GET is no call
+        for future in hung:
+            self.assertEqual(status_of(future.result(TIMEOUT)), 504)
+        self.assertEqual(gateway.call("fake", rpc("ping"))[0], 200)  # the slots came back
+
+
+class LabelBoundTest(unittest.TestCase):
+    def test_bound_label(self):
+        cases = [("tools/call", 10, "tools/call"), ("abcdefghijk", 10, "abcdefg..."), ("", 10, ""),
+                 ("x" * (1 << 20), 128, "x" * 125 + "...")]
+        for value, limit, expected in cases:
+            with self.subTest(value=value[:20], limit=limit):
+                self.assertEqual(gw.bound_label(value, limit), expected)
+
+    def test_distinct_values_are_capped_per_attribute(self):
+        labels = gw.LabelValues({"method": frozenset({"tools/call"})})
+        labels.MAX_DISTINCT = 2
+        steps = [("method", "a", "a"), ("method", "b", "b"), ("method", "c", "_other"), ("method", "a", "a"),
+                 ("method", "tools/call", "tools/call"),  # a known value always passes
+                 ("tool", "c", "c"), ("tool", "y" * 200, "y" * 125 + "..."), ("tool", "z" * 200, "_other")]
+        for key, value, expected in steps:
+            with self.subTest(key=key, value=value[:10]):
+                self.assertEqual(labels.bound(key, value), expected)
+
+    def test_huge_and_many_tool_names_keep_metrics_small(self):
+        gateway = GatewayProcess(self, base_config([fake_server()]))
+        gateway.wait_state("fake", "ready")
+        conn = gateway.connect()
+        names = ["n%d-" % n + "x" * (1 << 20) for n in range(20)] + ["tool-%d" % n for n in range(300)]
+        for n, name in enumerate(names):
+            status, _, reply = gateway.request("POST", "/fake/rpc", tool_call(name, n), conn=conn)
+            self.assertEqual((status, reply["error"]["code"]), (200, -32602))  # the fake server knows none
+        started = time.monotonic()
+        status, _, text = gateway.request("GET", "/metrics")
+        self.assertEqual(status, 200)
+        self.assertLess(len(text), 1 << 20)
+        self.assertLess(time.monotonic() - started, 2)
+        self.assertIn(b'gen_ai_tool_name="_other"', text)
+        self.assertNotIn(b"x" * 200, text)
