@@ -4,13 +4,17 @@ Each test starts its own gateway process (port 0, a fresh token) from a JSON con
 servers, and points a real client at http://127.0.0.1:PORT/SERVER_ID/rpc with `Authorization: Bearer TOKEN`:
 
 - the official Python SDK (mcp) against @modelcontextprotocol/server-everything, in "legacy" and "auto" mode:
-  tools, resources, prompts, progress, and roots / sampling / elicitation requests relayed to the client;
+  tools, resources, prompts, progress, and sampling / elicitation requests relayed to the client; with `roots`
+  unset the shared child gets no client's roots, with `roots` a list every client gets that list;
 - the SDK against mcp-server-time: in "auto" mode the gateway refuses server/discover, the SDK falls back;
-- 20 SDK sessions at once on one shared child; with isolation "session", concurrent sampling requests reach
-  each caller's own client;
+- 20 SDK sessions at once on one shared child; with isolation "session", concurrent sampling requests and
+  roots requests reach each caller's own client;
+- @modelcontextprotocol/server-filesystem, shared: one client's roots never widen or replace what every
+  client may read; configured roots replace its command-line folders;
 - session lifetime: a DELETEd session answers 404, a killed child is restarted under a live session;
 - the official conformance suite (@modelcontextprotocol/conformance): every scenario of its active suite;
-- the MCP Inspector CLI, and Claude Code's `claude mcp list`.
+- the MCP Inspector CLI, and Claude Code's `claude mcp list`, also run again and again against per-session
+  children at max_children (its sessions, never closed, give way).
 
 Run by .ci/run with its cached interop environment:
     HMG_INTEROP_VENV=... HMG_INTEROP_NPM=... HMG_CONFORMANCE_DIR=... \\
@@ -36,6 +40,8 @@ import tempfile
 import threading
 import time
 import unittest
+import urllib.parse
+import warnings
 
 from test_gateway import wait_for
 
@@ -45,7 +51,7 @@ try:
     from mcp import Client, ClientSession, types
     from mcp.client._probe import negotiate_auto
     from mcp.client.streamable_http import streamable_http_client
-    from mcp.shared.exceptions import MCPError
+    from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 except ImportError:  # not the interop venv: the SDK tests skip
     anyio = None
 
@@ -137,16 +143,29 @@ class Gateway:
         with self._cond:
             self._cond.notify_all()
 
-    def wait_log(self, event):
+    def wait_log(self, event, match=None):
+        """The first log line of `event` (for which `match(record)` holds, when given), waited for."""
         deadline = time.monotonic() + TIMEOUT
         with self._cond:
             while True:
-                found = next((record for record in self.logs if record.get("event") == event), None)
+                found = next((record for record in self.logs if record.get("event") == event and
+                              (match is None or match(record))), None)
                 if found:
                     return found
                 if time.monotonic() > deadline or not self._reader.is_alive():
-                    raise AssertionError("no %r log line; gateway log:\n%s" % (event, self.log_tail()))
+                    raise AssertionError("no %r log line%s; gateway log:\n%s" % (
+                        event, "" if match is None else " that matches", self.log_tail()))
                 self._cond.wait(deadline - time.monotonic())
+
+    def wait_child_stderr(self, server_id, text):
+        """The first line a child of `server_id` wrote to stderr that contains `text`, waited for."""
+        return self.wait_log("child_stderr", lambda record: record.get("server_id") == server_id and
+                             text in record.get("line", ""))
+
+    def logged(self, event):
+        """Every log line of `event` so far."""
+        with self._cond:
+            return [record for record in self.logs if record.get("event") == event]
 
     def log_tail(self, lines=30):
         with self._cond:
@@ -206,6 +225,13 @@ def everything_server(server_id="everything"):
     return {"server_id": server_id, "command": NODE, "autostart": True,
             "args": [os.path.join(NPM, "node_modules", "@modelcontextprotocol", "server-everything", "dist",
                                   "index.js"), "stdio"]}
+
+
+def filesystem_server(folders, server_id="filesystem", **settings):
+    """server-filesystem, allowed `folders` on its command line (it swaps them for roots when told some)."""
+    return dict({"server_id": server_id, "command": NODE, "autostart": True,
+                 "args": [os.path.join(NPM, "node_modules", "@modelcontextprotocol", "server-filesystem", "dist",
+                                       "index.js")] + list(folders)}, **settings)
 
 
 def time_server(server_id="time"):
@@ -270,20 +296,32 @@ def http_client(gateway, traffic):
                               event_hooks={"request": [traffic.on_request], "response": [traffic.on_response]})
 
 
+def temp_folder(testcase, prefix="hmg-interop-"):
+    """A new folder, by its real path (what server-filesystem reports), removed in cleanup."""
+    folder = os.path.realpath(tempfile.mkdtemp(prefix=prefix))
+    testcase.addCleanup(shutil.rmtree, folder, True)
+    return folder
+
+
+def file_uri(path):
+    return "file://" + urllib.parse.quote(path)
+
+
 class ClientSide:
     """The client's side of server-to-client requests (roots, sampling, elicitation) and what it heard."""
 
     ROOT = "file:///tmp/hmg-interop-root"
     NAME = "Ada Lovelace"
 
-    def __init__(self, label="interop"):
+    def __init__(self, label="interop", root=ROOT):
+        self.root = root  # the one root its roots callback answers
         self.sampled = "sampled by %s through the gateway" % label  # what its sampling callback answers
         self.asked = []  # server-to-client request methods, in order
         self.progress = []  # (progress, total) of every progress notification
 
     async def list_roots(self, ctx):
         self.asked.append("roots/list")
-        return types.ListRootsResult(roots=[types.Root(uri=self.ROOT, name="interop")])
+        return types.ListRootsResult(roots=[types.Root(uri=self.root, name="interop")])
 
     async def sampling(self, ctx, params):
         self.asked.append("sampling/createMessage")
@@ -327,6 +365,13 @@ async def sdk_session(gateway, server_id, traffic=None, mode="legacy", terminate
         yield session
 
 
+async def send_roots_list_changed(session):
+    """The client's notifications/roots/list_changed (the SDK marks roots deprecated as of 2026-07-28)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MCPDeprecationWarning)
+        await session.send_roots_list_changed()
+
+
 def post_with_session(gateway, server_id, session_id, message):
     """A raw POST of `message` on session `session_id`: (status, body)."""
     return gateway.request("POST", "/%s/rpc" % server_id, message, headers={
@@ -342,9 +387,11 @@ TOOLS_LIST = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
 @needs_sdk
 @needs_npm
 class SdkEverythingServerTest(unittest.TestCase):
-    """The Python SDK's Client through the gateway to server-everything: every kind of MCP traffic."""
+    """The Python SDK's Client through the gateway to server-everything: every kind of MCP traffic. Its `roots`
+    setting is unset, so the shared child is told of no roots capability and offers no get-roots-list, though
+    the client declares roots; sampling and elicitation still reach the calling client."""
 
-    RELAYING_TOOLS = {"get-roots-list", "trigger-sampling-request", "trigger-elicitation-request"}
+    RELAYING_TOOLS = {"trigger-sampling-request", "trigger-elicitation-request"}
 
     def setUp(self):
         self.gateway = Gateway(self, [everything_server()])
@@ -366,6 +413,7 @@ class SdkEverythingServerTest(unittest.TestCase):
 
             tools = {tool.name for tool in (await client.list_tools()).tools}
             self.assertLessEqual({"echo", "trigger-long-running-operation"} | self.RELAYING_TOOLS, tools)
+            self.assertNotIn("get-roots-list", tools)  # registered only for a client that declares roots
             self.assertEqual(text_of(await client.call_tool("echo", {"message": "hi " + mode})), "Echo: hi " + mode)
 
             resources = (await client.list_resources()).resources
@@ -384,14 +432,37 @@ class SdkEverythingServerTest(unittest.TestCase):
             self.assertIn("Long running operation completed", text_of(result))
             self.assertEqual(client_side.progress, [(1, 3), (2, 3), (3, 3)])
 
-            self.assertIn(ClientSide.ROOT, text_of(await client.call_tool("get-roots-list", {})))
             sampled = await client.call_tool("trigger-sampling-request", {"prompt": "say something"})
             self.assertIn(client_side.sampled, text_of(sampled))
             elicited = await client.call_tool("trigger-elicitation-request", {})
             self.assertIn("Name: " + ClientSide.NAME, text_of(elicited))
-            for method in ("roots/list", "sampling/createMessage", "elicitation/create"):
-                self.assertIn(method, client_side.asked)
+            self.assertEqual(client_side.asked, ["sampling/createMessage", "elicitation/create"])
         return traffic
+
+
+@needs_sdk
+@needs_npm
+class SdkFixedRootsTest(unittest.TestCase):
+    """`roots` as a list: the gateway tells a shared child of a roots capability and answers its roots/list
+    itself, so every client gets the configured folders and no client's own roots reach the child."""
+
+    def test_every_client_gets_the_configured_roots(self):
+        folder = temp_folder(self)
+        gateway = Gateway(self, [dict(everything_server(), roots=[folder])])
+
+        async def roots_seen(label):
+            client_side = ClientSide(label, root="file:///tmp/hmg-interop-root-of-" + label)
+            async with sdk_client(gateway, "everything", "legacy", client_side, Traffic()) as client:
+                await send_roots_list_changed(client)  # dropped: the child's roots are not this client's
+                return client_side, text_of(await client.call_tool("get-roots-list", {}))
+
+        async def two_clients():
+            return await asyncio.gather(roots_seen("first"), roots_seen("second"))
+        for client_side, listed in run_async(two_clients):
+            self.assertIn("Current MCP Roots (1 total)", listed)
+            self.assertIn("%s\n   URI: %s" % (os.path.basename(folder), file_uri(folder)), listed)
+            self.assertNotIn("hmg-interop-root-of-", listed)
+            self.assertEqual(client_side.asked, [])
 
 
 @needs_sdk
@@ -491,15 +562,18 @@ class SdkSessionsTest(unittest.TestCase):
 class SdkIsolatedSessionsTest(unittest.TestCase):
     """With isolation "session" each session has a child of its own, so a server's request during a call can only
     reach that call's client. (On a shared child, stdio does not say which call a server request belongs to: the
-    Router's relay rule sends it to the client of the most recent call in flight.)"""
+    Router's relay rule sends it to the client of the most recent call in flight.) Roots too go to the session's
+    own client, unless `roots` is a list: then the gateway answers them."""
 
-    def setUp(self):
-        self.gateway = Gateway(self, [dict(everything_server(), isolation="session", autostart=False)])
+    def start_gateway(self, **settings):
+        return Gateway(self, [dict(everything_server(), isolation="session", autostart=False, **settings)])
 
     def test_concurrent_sampling_reaches_each_callers_client(self):
+        gateway = self.start_gateway()
+
         async def sample(label):
             client_side = ClientSide(label)
-            async with sdk_session(self.gateway, "everything", client_side=client_side) as session:
+            async with sdk_session(gateway, "everything", client_side=client_side) as session:
                 result = await session.call_tool("trigger-sampling-request", {"prompt": "from " + label})
             return client_side, text_of(result)
 
@@ -508,6 +582,105 @@ class SdkIsolatedSessionsTest(unittest.TestCase):
         for client_side, answer in run_async(two_clients):
             self.assertEqual(client_side.asked.count("sampling/createMessage"), 1, client_side.asked)
             self.assertIn(client_side.sampled, answer)
+
+    async def roots_seen(self, gateway, label):
+        """(ClientSide, get-roots-list's text) of one session whose client's only root is its own."""
+        client_side = ClientSide(label, root="file:///tmp/hmg-interop-root-of-" + label)
+        async with sdk_session(gateway, "everything", client_side=client_side) as session:
+            return client_side, text_of(await session.call_tool("get-roots-list", {}))
+
+    def test_concurrent_sessions_each_see_their_own_roots(self):
+        gateway = self.start_gateway()
+
+        async def two_clients():
+            return await asyncio.gather(self.roots_seen(gateway, "first"), self.roots_seen(gateway, "second"))
+        first, second = run_async(two_clients)
+        for (client_side, listed), other in ((first, second[0]), (second, first[0])):
+            self.assertIn("Current MCP Roots (1 total)", listed)
+            self.assertIn("URI: " + client_side.root, listed)
+            self.assertNotIn(other.root, listed)
+            self.assertIn("roots/list", client_side.asked)
+
+    def test_configured_roots_win_over_each_clients_own(self):
+        folder = temp_folder(self)
+        gateway = self.start_gateway(roots=[folder])
+
+        async def two_clients():
+            return await asyncio.gather(self.roots_seen(gateway, "first"), self.roots_seen(gateway, "second"))
+        for client_side, listed in run_async(two_clients):
+            self.assertIn("Current MCP Roots (1 total)", listed)
+            self.assertIn("URI: " + file_uri(folder), listed)
+            self.assertNotIn("hmg-interop-root-of-", listed)
+            self.assertEqual(client_side.asked, [])
+
+
+@needs_sdk
+@needs_npm
+class FilesystemServerTest(unittest.TestCase):
+    """server-filesystem, shared: it allows the folders on its command line, and swaps them for the roots of a
+    client that declares roots (at start and on each roots/list_changed). Through the gateway, one client's
+    roots must never become every client's allowed folders."""
+
+    def setUp(self):
+        self.served = temp_folder(self, "hmg-interop-served-")  # on the child's command line
+        with open(os.path.join(self.served, "served.txt"), "w") as f:
+            f.write("served text")
+
+    def test_one_clients_roots_never_reach_the_shared_child(self):
+        own = temp_folder(self, "hmg-interop-own-")  # client A's root
+        secret = os.path.join(own, "secret.txt")
+        with open(secret, "w") as f:
+            f.write("only for A")
+        gateway = Gateway(self, [filesystem_server([self.served])])
+        a_side = ClientSide("A", root=file_uri(own))
+
+        async def a_then_b():
+            async with sdk_session(gateway, "filesystem", client_side=a_side) as a:
+                await send_roots_list_changed(a)
+                a_allowed = text_of(await a.call_tool("list_allowed_directories", {}))
+                async with sdk_session(gateway, "filesystem") as b:  # no callbacks: declares no roots
+                    b_allowed = text_of(await b.call_tool("list_allowed_directories", {}))
+                    refused = await b.call_tool("read_text_file", {"path": secret})
+                    read = await b.call_tool("read_text_file", {"path": os.path.join(self.served, "served.txt")})
+            return a_allowed, b_allowed, refused, read
+        a_allowed, b_allowed, refused, read = run_async(a_then_b)
+        self.assertEqual(b_allowed, "Allowed directories:\n" + self.served)
+        self.assertEqual(a_allowed, b_allowed)
+        # The child's own word that the gateway declared no roots capability to it.
+        gateway.wait_child_stderr("filesystem", "Client does not support MCP Roots")
+        self.assertTrue(refused.is_error, text_of(refused))
+        self.assertIn("Access denied - path outside allowed directories", text_of(refused))
+        self.assertNotIn("only for A", text_of(refused))
+        self.assertFalse(read.is_error, text_of(read))
+        self.assertEqual(text_of(read), "served text")
+        self.assertEqual(a_side.asked, [])
+        self.assertEqual([record for record in gateway.logged("child_stderr")
+                          if "Updated allowed directories" in record["line"]], [])
+
+    def test_configured_roots_replace_its_command_line_folders(self):
+        configured = temp_folder(self, "hmg-interop-configured-")
+        with open(os.path.join(configured, "configured.txt"), "w") as f:
+            f.write("configured text")
+        gateway = Gateway(self, [filesystem_server([self.served], roots=[configured])])
+        # At start it asks the gateway for roots (it was told of the capability) and swaps its folders for them.
+        gateway.wait_child_stderr("filesystem", "Updated allowed directories from MCP roots: 1 valid")
+
+        client_side = ClientSide("A", root=file_uri(self.served))
+
+        async def list_and_read():
+            async with sdk_session(gateway, "filesystem", client_side=client_side) as session:
+                allowed = text_of(await session.call_tool("list_allowed_directories", {}))
+                read = await session.call_tool("read_text_file", {"path": os.path.join(configured,
+                                                                                          "configured.txt")})
+                refused = await session.call_tool("read_text_file", {"path": os.path.join(self.served,
+                                                                                             "served.txt")})
+            return allowed, read, refused
+        allowed, read, refused = run_async(list_and_read)
+        self.assertEqual(allowed, "Allowed directories:\n" + configured)
+        self.assertEqual(text_of(read), "configured text")
+        self.assertTrue(refused.is_error, text_of(refused))
+        self.assertIn("Access denied - path outside allowed directories", text_of(refused))
+        self.assertEqual(client_side.asked, [])
 
 
 @needs_conformance
@@ -579,6 +752,24 @@ class ConformanceSuiteTest(unittest.TestCase):
         self.assertEqual(run.returncode, 0, run.stdout[-3000:] + run.stderr[-3000:])
 
 
+def claude_code(testcase, gateway, server_id):
+    """A function that runs Claude Code (`claude ARGS...`) with gateway's `server_id` added as "hmg-interop",
+    in a temporary HOME; and the line `claude mcp list` shows for it when connected."""
+    home = tempfile.mkdtemp(prefix="hmg-claude-home-")
+    testcase.addCleanup(shutil.rmtree, home, True)
+    env = dict(os.environ, HOME=home, DISABLE_AUTOUPDATER="1", CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1")
+    env.pop("CLAUDE_CONFIG_DIR", None)  # its config must live in the temporary HOME
+    claude = os.path.join(NPM, "node_modules", ".bin", "claude")
+
+    def run(*args):
+        return run_client(testcase, [claude] + list(args), cwd=home, env=env)
+    url = gateway.url(server_id)
+    added = run("mcp", "add", "--transport", "http", "hmg-interop", url,
+                "--header", "Authorization: Bearer " + gateway.token)
+    testcase.assertEqual(added.returncode, 0, added.stdout + added.stderr)
+    return run, "hmg-interop: %s (HTTP) - ✔ Connected" % url
+
+
 @needs_npm
 class NodeClientsTest(unittest.TestCase):
     """The MCP Inspector's CLI and Claude Code, connecting to server-everything through the gateway."""
@@ -596,17 +787,29 @@ class NodeClientsTest(unittest.TestCase):
         self.assertIn("echo", [tool["name"] for tool in json.loads(run.stdout)["tools"]])
 
     def test_claude_code_connects(self):
-        home = tempfile.mkdtemp(prefix="hmg-claude-home-")
-        self.addCleanup(shutil.rmtree, home, True)
-        env = dict(os.environ, HOME=home, DISABLE_AUTOUPDATER="1", CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1")
-        env.pop("CLAUDE_CONFIG_DIR", None)  # its config must live in the temporary HOME
-        claude = os.path.join(NPM, "node_modules", ".bin", "claude")
-        added = run_client(self, [claude, "mcp", "add", "--transport", "http", "hmg-interop", self.url,
-                                  "--header", self.auth_header], cwd=home, env=env)
-        self.assertEqual(added.returncode, 0, added.stdout + added.stderr)
-        listed = run_client(self, [claude, "mcp", "list"], cwd=home, env=env)
+        claude, connected = claude_code(self, self.gateway, "everything")
+        listed = claude("mcp", "list")
         self.assertEqual(listed.returncode, 0, listed.stdout + listed.stderr)
-        self.assertIn("hmg-interop: %s (HTTP) - ✔ Connected" % self.url, listed.stdout, listed.stderr)
+        self.assertIn(connected, listed.stdout, listed.stderr)
+
+
+@needs_npm
+class ClaudeCodeSessionsTest(unittest.TestCase):
+    """`claude mcp list` opens a session and exits without DELETE. With isolation "session" each such session
+    keeps a child; at max_children the least recently active idle one gives way to the next client."""
+
+    def test_sessions_never_closed_give_way_at_max_children(self):
+        gateway = Gateway(self, [dict(everything_server(), isolation="session", autostart=False, max_children=2)])
+        claude, connected = claude_code(self, gateway, "everything")
+        for run in range(1, 5):
+            listed = claude("mcp", "list")
+            self.assertEqual(listed.returncode, 0, listed.stdout + listed.stderr)
+            self.assertIn(connected, listed.stdout, "run %d:\n%s\n%s\ngateway log:\n%s" % (
+                run, listed.stdout, listed.stderr, gateway.log_tail()))
+        self.assertLessEqual(len(gateway.servers()["everything"].get("children", [])), 2)
+        evicted = gateway.logged("session_evicted")
+        self.assertGreaterEqual(len(evicted), 2, gateway.log_tail())
+        self.assertEqual({record["limit"] for record in evicted}, {"max_children"})
 
 
 if __name__ == "__main__":
