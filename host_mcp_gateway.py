@@ -27,10 +27,12 @@ Python >= 3.9, standard library only. Sections: `grep -n '^# §' host_mcp_gatewa
 from __future__ import annotations
 
 import argparse
+import base64
 import bisect
 import difflib
 import email.utils
 import errno
+import hashlib
 import hmac
 import http
 import ipaddress
@@ -95,6 +97,11 @@ JSONRPC_METHOD_NOT_FOUND = -32601
 JSONRPC_SERVER_ERROR = -32000  # the gateway's own failures (child unavailable or exited)
 JSONRPC_REQUEST_TIMEOUT = -32001  # the SDKs use this code for a request that timed out
 JSONRPC_REQUEST_CANCELLED = -32800  # the answer to a call its client cancelled (the code LSP uses)
+JSONRPC_INVALID_PARAMS = -32602
+MCP_RESOURCE_NOT_FOUND_LEGACY = -32002  # revisions up to 2025-11-25; 2026-07-28 answers -32602 instead
+MCP_HEADER_MISMATCH = -32020  # 2026-07-28: HTTP headers disagree with the body, or a required one is missing
+MCP_MISSING_CLIENT_CAPABILITY = -32021
+MCP_UNSUPPORTED_PROTOCOL_VERSION = -32022
 
 
 # § 2 Errors ----------------------------------------------------------------------------------------------------------
@@ -105,7 +112,7 @@ class GatewayError(Exception):
     caller speaks JSON-RPC. `error_code` values are a stable, documented list (README, "Errors")."""
 
     def __init__(self, message, http_status=500, error_code="internal_error", rpc_code=JSONRPC_SERVER_ERROR,
-                 server_id=None, request_id=None, close=False, headers=()):
+                 server_id=None, request_id=None, close=False, headers=(), rpc_data=None):
         super().__init__(message)
         self.message = message
         self.http_status = http_status
@@ -116,6 +123,7 @@ class GatewayError(Exception):
         self.close = close  # the connection cannot be reused (unread body, broken framing)
         self.headers = tuple(headers)
         self.rpc_request_id = None  # when set, the caller speaks JSON-RPC: answer with an error for this id
+        self.rpc_data = rpc_data  # what the specification puts in a JSON-RPC error's data (-32022's `supported`)
 
     def body(self):
         error = {"error_code": self.error_code, "message": self.message}
@@ -826,6 +834,7 @@ def check_host(config):
 # § 5 JSON-RPC core (no I/O) ------------------------------------------------------------------------------------------
 
 REQUEST, NOTIFICATION, RESPONSE, INVALID = "request", "notification", "response", "invalid"
+MODERN, LEGACY = "modern", "legacy"  # protocol eras: per-request _meta (2026-07-28 on), or the handshake
 
 
 def valid_id(value):
@@ -862,7 +871,7 @@ def rpc_error(request_id, code, message, data=None):
 
 def rpc_error_from(error, request_id):
     """A GatewayError as the JSON-RPC error answering `request_id`; the gateway's fields travel in `data`."""
-    data = {"error_code": error.error_code}
+    data = dict(error.rpc_data or {}, error_code=error.error_code)
     if error.server_id is not None:
         data["server_id"] = error.server_id
     return rpc_error(request_id, error.rpc_code, error.message, data)
@@ -881,6 +890,252 @@ def negotiate_protocol_version(requested, child_version=None):
     usable = [version for version in SUPPORTED_PROTOCOL_VERSIONS
               if child_version not in SUPPORTED_PROTOCOL_VERSIONS or version <= child_version]
     return requested if requested in usable else usable[0]
+
+
+# Revision 2026-07-28 ("modern"): no handshake, no session; every request carries its version and the client's
+# capabilities in params._meta, and the HTTP headers mirror the body. The rules below decide a request's era and
+# check it the way the specification's server validation (and the TypeScript SDK's classifier) does.
+
+MODERN_PROTOCOL_VERSIONS = ("2026-07-28",)
+FIRST_MODERN_VERSION = MODERN_PROTOCOL_VERSIONS[-1]
+ALL_PROTOCOL_VERSIONS = MODERN_PROTOCOL_VERSIONS + SUPPORTED_PROTOCOL_VERSIONS  # what /{server_id}/rpc serves
+META_PROTOCOL_VERSION = "io.modelcontextprotocol/protocolVersion"
+META_CLIENT_INFO = "io.modelcontextprotocol/clientInfo"
+META_CLIENT_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
+META_LOG_LEVEL = "io.modelcontextprotocol/logLevel"
+META_SERVER_INFO = "io.modelcontextprotocol/serverInfo"
+META_SUBSCRIPTION_ID = "io.modelcontextprotocol/subscriptionId"
+LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
+# Methods the revision removed; a modern request for one gets 404 and -32601, as for any unknown method.
+REMOVED_IN_MODERN = frozenset({"initialize", "ping", "logging/setLevel", "resources/subscribe",
+                               "resources/unsubscribe"})
+# Results that must carry caching hints; the gateway cannot know how long a child's answer stays true.
+CACHEABLE_METHODS = frozenset({"server/discover", "tools/list", "prompts/list", "resources/list",
+                               "resources/templates/list", "resources/read"})
+MRTR_METHODS = frozenset({"tools/call", "prompts/get", "resources/read"})  # may answer input_required
+MCP_NAME_SOURCE = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}  # Mcp-Name mirrors it
+_BASE64_SENTINEL_RE = re.compile(r"=\?base64\?([A-Za-z0-9+/]*={0,2})\?=\Z")
+
+
+def is_modern_version(version):
+    return isinstance(version, str) and version >= FIRST_MODERN_VERSION
+
+
+def request_meta(message):
+    params = message.get("params") if isinstance(message, dict) else None
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    return meta if isinstance(meta, dict) else None
+
+
+def _modern_error(code, message, data=None, http_status=400):
+    error_code = {MCP_HEADER_MISMATCH: "header_mismatch", MCP_UNSUPPORTED_PROTOCOL_VERSION:
+                  "unsupported_protocol_version", JSONRPC_METHOD_NOT_FOUND: "method_not_found"}.get(code, "invalid_params")
+    return GatewayError(message, http_status, error_code, code, rpc_data=data)
+
+
+def unsupported_version(requested):
+    return _modern_error(MCP_UNSUPPORTED_PROTOCOL_VERSION, "Unsupported protocol version %s" % requested,
+                         {"supported": list(ALL_PROTOCOL_VERSIONS), "requested": requested})
+
+
+def envelope_problem(meta):
+    """What is wrong with a modern request's _meta envelope, or None."""
+    if not isinstance(meta.get(META_PROTOCOL_VERSION), str):
+        return "%s: missing or not a string" % META_PROTOCOL_VERSION
+    if not isinstance(meta.get(META_CLIENT_CAPABILITIES), dict):
+        return "%s: missing or not an object" % META_CLIENT_CAPABILITIES
+    info = meta.get(META_CLIENT_INFO)
+    if info is not None and not (isinstance(info, dict) and isinstance(info.get("name"), str) and
+                                 isinstance(info.get("version"), str)):
+        return "%s: must be an object with string name and version" % META_CLIENT_INFO
+    if META_LOG_LEVEL in meta and meta[META_LOG_LEVEL] not in LOG_LEVELS:
+        return "%s: must be one of %s" % (META_LOG_LEVEL, ", ".join(LOG_LEVELS))
+    return None
+
+
+def decode_header_value(value):
+    """An Mcp-Name / Mcp-Param-* value with its `=?base64?...?=` sentinel decoded; None when the sentinel holds
+    no canonical base64 of UTF-8."""
+    value = value.strip(" \t")
+    if not (value.startswith("=?base64?") and value.endswith("?=")):
+        return value
+    match = _BASE64_SENTINEL_RE.match(value)
+    if not match or len(match.group(1)) % 4:
+        return None
+    try:
+        return base64.b64decode(match.group(1), validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _mismatch(what):
+    return _modern_error(MCP_HEADER_MISMATCH, "Header mismatch: " + what)
+
+
+def request_era(message, headers):
+    """The era of one decoded POST body: (MODERN, version) or (LEGACY, None), decided from the body first as the
+    specification asks (a proxy that drops a header must not change the era). Raises the GatewayError a modern
+    client expects for a malformed claim: -32602, -32020 or -32022, each with HTTP 400. `headers` are the
+    request's, lower-case names."""
+    header_version = headers.get("mcp-protocol-version")
+    header_version = header_version.strip(" \t") if header_version is not None else None
+    if isinstance(message, list):
+        if any(request_meta(item) and META_PROTOCOL_VERSION in request_meta(item) for item in message):
+            raise GatewayError("JSON-RPC batches may not hold requests of revision %s or later" %
+                               FIRST_MODERN_VERSION, 400, "invalid_request", JSONRPC_INVALID_REQUEST)
+        return LEGACY, None
+    kind, _ = classify(message)
+    if kind not in (REQUEST, NOTIFICATION):
+        return LEGACY, None
+    meta = request_meta(message)
+    claim = meta is not None and META_PROTOCOL_VERSION in meta
+    method = message["method"]
+    if method == "initialize" and not (claim and is_modern_version(meta[META_PROTOCOL_VERSION])):
+        if is_modern_version(header_version):
+            raise _mismatch("initialize (the handshake of earlier revisions) sent with MCP-Protocol-Version %s" %
+                            header_version)
+        return LEGACY, None
+    if not claim:
+        if not is_modern_version(header_version):
+            return LEGACY, None
+        if kind == NOTIFICATION:
+            return MODERN, header_version
+        raise _modern_error(JSONRPC_INVALID_PARAMS, "MCP-Protocol-Version names %s, but params._meta lacks %s" % (
+            header_version, META_PROTOCOL_VERSION if meta is not None else "the per-request envelope"))
+    problem = envelope_problem(meta) if kind == REQUEST else None
+    if problem:
+        raise _modern_error(JSONRPC_INVALID_PARAMS, "Invalid _meta envelope: " + problem)
+    version = meta[META_PROTOCOL_VERSION]
+    if header_version is not None and header_version != version:
+        raise _mismatch("MCP-Protocol-Version %s, but params._meta names %s" % (header_version, version))
+    method_header = headers.get("mcp-method")
+    if method_header is not None and method_header.strip(" \t") != method:
+        raise _mismatch("Mcp-Method %s, but the body's method is %s" % (method_header.strip(), method))
+    if version not in MODERN_PROTOCOL_VERSIONS:
+        raise unsupported_version(version)
+    return MODERN, version
+
+
+def check_modern_headers(message, headers):
+    """The standard headers a modern request must carry, mirroring its body (raises -32020 with HTTP 400)."""
+    if "mcp-protocol-version" not in headers:
+        raise _mismatch("the required MCP-Protocol-Version header is missing")
+    if "mcp-method" not in headers:
+        raise _mismatch("the required Mcp-Method header is missing")
+    field = MCP_NAME_SOURCE.get(message["method"])
+    params = message.get("params") if isinstance(message.get("params"), dict) else {}
+    body_value = params.get(field) if field else None
+    if not isinstance(body_value, str):
+        return
+    if "mcp-name" not in headers:
+        raise _mismatch("params.%s is %r but the required Mcp-Name header is missing" % (field, body_value))
+    decoded = decode_header_value(headers["mcp-name"])
+    if decoded is None:
+        raise _mismatch("the Mcp-Name header holds an invalid base64 value")
+    if decoded != body_value:
+        raise _mismatch("Mcp-Name %r, but params.%s is %r" % (decoded, field, body_value))
+
+
+def modern_result(method, result, server_info):
+    """A child's (or the gateway's) result as revision 2026-07-28 has it: resultType, the server's identity in
+    _meta and, where the caching page requires them, caching hints: immediately stale and private, since the
+    gateway cannot know how long a child's answer holds or whether it depends on the caller."""
+    result = dict(result)
+    result.setdefault("resultType", "complete")
+    meta = result.get("_meta") if isinstance(result.get("_meta"), dict) else {}
+    if server_info is not None and META_SERVER_INFO not in meta:
+        result["_meta"] = dict(meta, **{META_SERVER_INFO: server_info})
+    if method in CACHEABLE_METHODS and result["resultType"] == "complete":
+        result.setdefault("ttlMs", 0)
+        result.setdefault("cacheScope", "private")
+    return result
+
+
+class RequestStateCodec:
+    """The requestState the gateway hands a modern client while it holds a handshake-era child's call for it
+    (MRTR translation): a handle to that call, bound to the request's method and target and to an expiry, signed
+    with a key of this process. The specification calls requestState attacker-controlled: whatever fails the
+    signature, names another request or has expired is refused."""
+    SIGNATURE_BYTES = 16
+
+    def __init__(self, key=None, clock=time.time):
+        self._key = key or secrets.token_bytes(32)
+        self._clock = clock
+
+    def encode(self, handle, method, target, ttl_s):
+        payload = json_bytes([handle, method, target, int(self._clock() + ttl_s)])
+        return "%s.%s" % (self._b64(payload), self._b64(self._sign(payload)))
+
+    def decode(self, state, method, target):
+        """The handle in `state`; raises GatewayError -32602 (HTTP 400) when it cannot be trusted."""
+        try:
+            payload_text, signature_text = state.split(".")
+            payload, signature = self._unb64(payload_text), self._unb64(signature_text)
+        except (AttributeError, ValueError):
+            raise self._refused("it is not one the gateway issued") from None
+        if not hmac.compare_digest(signature, self._sign(payload)):
+            raise self._refused("it fails its integrity check")
+        handle, state_method, state_target, expires = json_loads(payload)
+        if (state_method, state_target) != (method, target):
+            raise self._refused("it belongs to another request")
+        if self._clock() > expires:
+            raise self._refused("it has expired")
+        return handle
+
+    def _sign(self, payload):
+        return hmac.new(self._key, payload, hashlib.sha256).digest()[:self.SIGNATURE_BYTES]
+
+    @staticmethod
+    def _b64(data):
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+    @staticmethod
+    def _unb64(text):
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+    @staticmethod
+    def _refused(why):
+        return _modern_error(JSONRPC_INVALID_PARAMS, "requestState refused: %s" % why)
+
+
+def mrtr_target(message):
+    """What a retry must name the same as its first request: the tool, prompt or resource."""
+    params = message.get("params") if isinstance(message.get("params"), dict) else {}
+    value = params.get(MCP_NAME_SOURCE.get(message["method"], "name"))
+    return value if isinstance(value, str) else None
+
+
+def subscription_filter(subscription_id, methods):
+    """What a subscriptions/listen stream hears: the notifications it opted in to, each tagged with the listen
+    request's id (its subscription id); None for anything else."""
+    def deliver(message):
+        if message.get("method") not in methods:
+            return None
+        params = message.get("params") if isinstance(message.get("params"), dict) else {}
+        meta = params.get("_meta") if isinstance(params.get("_meta"), dict) else {}
+        return dict(message, params=dict(params, _meta=dict(meta, **{META_SUBSCRIPTION_ID: subscription_id})))
+    return deliver
+
+
+def modern_answer(method, answer, server_info):
+    """A handshake-era child's answer as a modern client expects it: results per modern_result; the old
+    resource-not-found code -32002 as the -32602 that replaced it."""
+    error = answer.get("error")
+    if isinstance(error, dict):
+        if error.get("code") == MCP_RESOURCE_NOT_FOUND_LEGACY:
+            return dict(answer, error=dict(error, code=JSONRPC_INVALID_PARAMS))
+        return answer
+    result = answer.get("result")
+    return dict(answer, result=modern_result(method, result if isinstance(result, dict) else {}, server_info))
+
+
+def discover_result(init_result):
+    """server/discover answered from a handshake-era child's kept initialize result."""
+    result = {"supportedVersions": list(ALL_PROTOCOL_VERSIONS),
+              "capabilities": init_result.get("capabilities") or {}}
+    if isinstance(init_result.get("instructions"), str):
+        result["instructions"] = init_result["instructions"]
+    return modern_result("server/discover", result, init_result.get("serverInfo"))
 
 
 # § 6 Telemetry -------------------------------------------------------------------------------------------------------
@@ -2145,6 +2400,7 @@ class Session:
         self.opened_at = self.last_seen = now()
         self.used = False  # it has sent something since it opened (notifications/initialized aside)
         self.announced = set()  # list_changed methods pushed since its client last listed that kind (self._cond)
+        self.deliver = None  # message -> what its stream gets of it, or None to drop it (subscriptions/listen)
         self.closed = False
         self._cond = threading.Condition()  # guards the fields below
         self._events = deque()  # (event id, encoded message), oldest first
@@ -2159,6 +2415,10 @@ class Session:
         self.last_seen = now()
 
     def push(self, message):
+        if self.deliver is not None:
+            message = self.deliver(message)
+            if message is None:
+                return
         data = json_bytes(message)
         with self._cond:
             if self.closed:
@@ -2177,7 +2437,8 @@ class Session:
         with self._cond:
             if message["method"] in self.announced:
                 return
-            self.announced.add(message["method"])
+            if self.opened_by != "listen":  # a listen stream's client lists on other requests: tell it each time
+                self.announced.add(message["method"])
         self.push(message)
 
     def listed(self, method):
@@ -2315,6 +2576,36 @@ class RelayedRequest:
         self.expires = expires
 
 
+class ModernCaller:
+    """The client of one request of revision 2026-07-28: what its _meta declared. It stands where a Session
+    stands for the relay rule, so that a handshake-era child's request during the call reaches this caller (as
+    inputRequests of an input_required result), and only if it declared the capability."""
+    __slots__ = ("capabilities", "protocol_version", "client", "label", "closed")
+
+    def __init__(self, meta, protocol_version):
+        capabilities = meta.get(META_CLIENT_CAPABILITIES)
+        self.capabilities = capabilities if isinstance(capabilities, dict) else {}
+        self.protocol_version = protocol_version
+        info = meta.get(META_CLIENT_INFO)
+        self.client = client_label({"clientInfo": info})
+        self.label = None  # no session
+        self.closed = False
+
+
+class ParkedCall:
+    """A modern client's call that waits at a handshake-era child for answers to the requests the child made;
+    the client gives them on its retry, which names this call by its requestState."""
+    __slots__ = ("ticket", "caller", "requests", "method", "target", "expires")
+
+    def __init__(self, ticket, caller, requests, method, target, expires):
+        self.ticket = ticket
+        self.caller = caller
+        self.requests = requests  # input key (the relay id) -> {"method", "params"} the child asked
+        self.method = method
+        self.target = target
+        self.expires = expires
+
+
 def mcp_attributes(message, server_id, session):
     """The low-cardinality attributes of an MCP request, for its spans and duration metrics (pure)."""
     method, params = message["method"], message.get("params")
@@ -2420,6 +2711,9 @@ class Router:
         self._relayed = {}  # client-facing id -> RelayedRequest
         self._subscribers = {}  # (runtime, uri) -> number of sessions subscribed
         self._relay_ids = itertools.count(1)
+        self._parked = {}  # handle -> ParkedCall: modern calls waiting for their client's retry (self._lock)
+        self._park_ids = itertools.count(1)
+        self.request_states = RequestStateCodec()
         self._stop = threading.Event()
         self._reaper = threading.Thread(target=self._reap, name="session-reaper", daemon=True)
 
@@ -2502,7 +2796,7 @@ class Router:
         if method in ("resources/subscribe", "resources/unsubscribe") and session is not None:
             return self._subscription(message, deadline, session)
         if kind == REQUEST and method != "initialize":
-            return self._forward_request(runtime, message, deadline, session)
+            return self.forward_request(runtime, message, deadline, session)
         if method == "initialize" and kind != REQUEST:
             raise GatewayError("initialize must be a request, with an id", 400, "invalid_request",
                                JSONRPC_INVALID_REQUEST, server_id=runtime.server_id)
@@ -2519,7 +2813,7 @@ class Router:
             child.send(message)
         return None
 
-    def _forward_request(self, runtime, message, deadline, session):
+    def forward_request(self, runtime, message, deadline, session):
         """Sends a request to the child under a CLIENT span whose context the child gets in params._meta."""
         received = now()
         attributes = mcp_attributes(message, runtime.server_id, session)
@@ -2577,7 +2871,7 @@ class Router:
         params = message.get("params")
         uri = params.get("uri") if isinstance(params, dict) else None
         if not isinstance(uri, str):
-            return self._forward_request(session.runtime, message, deadline, session)
+            return self.forward_request(session.runtime, message, deadline, session)
         key = (session.runtime, uri)
         subscribe = message["method"] == "resources/subscribe"
         with self._lock:
@@ -2586,7 +2880,7 @@ class Router:
             if subscribe and (watching or count > 0) or not subscribe and (not watching or count > 1):
                 self._count_subscription(session, key, subscribe)
                 return result_reply(message, {})
-        reply = self._forward_request(session.runtime, message, deadline, session).wait(deadline)
+        reply = self.forward_request(session.runtime, message, deadline, session).wait(deadline)
         if "result" in reply:
             with self._lock:
                 self._count_subscription(session, key, subscribe)
@@ -2618,7 +2912,82 @@ class Router:
             return
         relay.child.send(dict(message, id=relay.child_id))
 
+    # Multi round-trip requests for modern clients of handshake-era children -----------------------------------
+
+    def park(self, ticket, caller, requests, message):
+        """Holds a modern client's call, which waits at the child for the answers to `requests` (input key ->
+        the child's request); returns the requestState that names it on the client's retry. At most
+        max_sessions calls wait so: a client that never retries holds nothing for long or in number."""
+        ttl_s = self._config.request_timeout_ms / 1000.0
+        with self._lock:
+            if len(self._parked) >= self._config.max_sessions:
+                raise GatewayError("too many calls wait for their clients' input (max_sessions)", 503,
+                                   "too_many_sessions")
+            handle = next(self._park_ids)
+            self._parked[handle] = ParkedCall(ticket, caller, requests, message["method"], mrtr_target(message),
+                                              now() + ttl_s)
+        return self.request_states.encode(handle, message["method"], mrtr_target(message), ttl_s)
+
+    def resume(self, message, caller):
+        """A modern client's retry: its inputResponses go to the child's waiting requests, and the call it names
+        answers this request from now on. Returns (ticket, requests still unanswered: input key -> request)."""
+        params = message["params"]
+        handle = self.request_states.decode(params["requestState"], message["method"], mrtr_target(message))
+        with self._lock:
+            parked = self._parked.pop(handle, None)
+        if parked is None:
+            raise _modern_error(JSONRPC_INVALID_PARAMS, "requestState refused: the call it names has ended or "
+                                "was already resumed")
+        parked.ticket.call.caller_id = message["id"]  # before any answer can come for it
+        parked.ticket.call.session = caller
+        responses = params.get("inputResponses") if isinstance(params.get("inputResponses"), dict) else {}
+        missing = {}
+        for key, request in parked.requests.items():
+            with self._lock:
+                relay = self._relayed.pop(key, None) if isinstance(responses.get(key), dict) else None
+            if relay is not None:
+                relay.child.send({"jsonrpc": "2.0", "id": relay.child_id, "result": responses[key]})
+            else:
+                missing[key] = request
+        return parked.ticket, missing
+
+    def _expire_parked(self):
+        """Calls whose client never came back: cancelled at the child, their requests answered with an error."""
+        with self._lock:
+            expired = [handle for handle, parked in self._parked.items() if parked.expires < now()]
+            calls = [self._parked.pop(handle) for handle in expired]
+        for parked in calls:
+            parked.ticket.child.cancel_call(parked.ticket.gateway_id, "its client did not retry in time")
+            parked.ticket.finish("input_expired", "the client did not answer the server's requests in time")
+
     # Sessions --------------------------------------------------------------------------------------------------
+
+    def open_listen(self, runtime, message, caller, deadline):
+        """subscriptions/listen of a modern client: a session of its own that hears only what it opted in to,
+        each notification tagged with the listen request's id; resource subscriptions are counted with the
+        sessions' own. Returns (session, the filter honoured, for the acknowledgement)."""
+        wanted = message["params"].get("notifications") if isinstance(message.get("params"), dict) else None
+        wanted = wanted if isinstance(wanted, dict) else {}
+        capabilities = runtime.init_result.get("capabilities") or {}
+        honoured, methods = {}, set()
+        for field, kind in (("toolsListChanged", "tools"), ("promptsListChanged", "prompts"),
+                            ("resourcesListChanged", "resources")):
+            if wanted.get(field) is True and (capabilities.get(kind) or {}).get("listChanged"):
+                honoured[field] = True
+                methods.add(LIST_CHANGED[kind])
+        uris = wanted.get("resourceSubscriptions")
+        if isinstance(uris, list) and (capabilities.get("resources") or {}).get("subscribe"):
+            honoured["resourceSubscriptions"] = [uri for uri in uris if isinstance(uri, str)]
+            methods.add("notifications/resources/updated")
+        session = Session(secrets.token_urlsafe(24), runtime, runtime, {"capabilities": caller.capabilities,
+                                                                         "clientInfo": None}, opened_by="listen")
+        session.protocol_version = caller.protocol_version
+        session.deliver = subscription_filter(message["id"], methods)
+        self._admit(session)
+        for uri in honoured.get("resourceSubscriptions", ()):
+            self._subscription({"jsonrpc": "2.0", "id": "listen", "method": "resources/subscribe",
+                                "params": {"uri": uri}}, deadline, session)
+        return session, honoured
 
     def open_session(self, runtime, message, deadline):
         """A client's initialize: a new session, answered from the shared child's kept result, or, with isolation
@@ -2762,6 +3131,7 @@ class Router:
                     elif session.opened_by == "GET" and not session.used and now() - session.last_seen > grace_s:
                         self.close_session(session, "its stream ended and it was never used")
                 self._expire_relays()
+                self._expire_parked()
         except Exception as e:
             self._log.error("thread_failed", thread=threading.current_thread().name, error=repr(e))
 
@@ -2826,11 +3196,13 @@ class Router:
             self._refuse_child_request(runtime, child, message, "the server's roots setting is unset: it "
                                        "has no roots, and no client's roots are passed to a shared child")
             return
-        call, session = self._relay_target(runtime, child, REQUEST_CAPABILITY.get(method))
+        needed = REQUEST_CAPABILITY.get(method)
+        call, session = self._relay_target(runtime, child, needed)
         if session is None:
             if method == "ping":  # the gateway is the child's client, and it is alive
                 child.send(result_reply(message, {}))
             else:
+                self._fail_modern_call_lacking(child, needed)
                 self._refuse_child_request(runtime, child, message, "no client with a call in flight on this "
                                            "child can answer it" if not runtime.is_private else
                                            "its session's client did not declare that capability or is gone")
@@ -2859,6 +3231,27 @@ class Router:
             if streaming:
                 return None, streaming[0]
         return None, None
+
+    def refuse_relay(self, relay_id, reason):
+        """Answers a child's request, already relayed under `relay_id`, with an error instead of a client."""
+        with self._lock:
+            relay = self._relayed.pop(relay_id, None)
+        if relay is not None:
+            relay.child.send(rpc_error(relay.child_id, JSONRPC_METHOD_NOT_FOUND, reason))
+
+    @staticmethod
+    def _fail_modern_call_lacking(child, needed):
+        """A modern client's call that needs a capability its client did not declare ends with -32021, as a
+        server of that revision must answer it; the child is told to drop it."""
+        if needed is None:
+            return
+        for gateway_id, call in reversed(child.calls_in_flight()):
+            if isinstance(call.session, ModernCaller) and needed not in call.session.capabilities:
+                child.cancel_call(gateway_id, "its client did not declare the %s capability" % needed)
+                call.answers.put(_modern_error(MCP_MISSING_CLIENT_CAPABILITY, "the request needs the client "
+                                               "capability %s, which the request did not declare" % needed,
+                                               {"requiredCapabilities": {needed: {}}}))
+                return
 
     def _refuse_child_request(self, runtime, child, message, reason):
         child.send(rpc_error(message["id"], JSONRPC_METHOD_NOT_FOUND, "%s: %s" % (message["method"], reason)))
@@ -3520,6 +3913,13 @@ class HttpFront:
         self._continue_trace(request, payload)
         runtime = self.runtimes[server_id]
         try:
+            era, version = request_era(payload, request.headers)
+            if era == MODERN:
+                return self._serve_modern(conn, request, runtime, payload, version)
+        except GatewayError as e:
+            e.rpc_request_id = message_id(payload)  # a modern client decides its fallback from this error
+            raise
+        try:
             method = payload.get("method") if isinstance(payload, dict) else None
             if method == "initialize" and classify(payload)[0] == REQUEST:
                 session, reply = self.router.open_session(runtime, payload, self.deadline())
@@ -3604,6 +4004,112 @@ class HttpFront:
         conn.end_stream()
         return 200
 
+    # Revision 2026-07-28 on /{server_id}/rpc: stateless requests, translated for handshake-era children -----
+
+    MRTR_GATHER_S = 0.05  # after a child's first request during a call, how long its next ones may take to come
+
+    def _serve_modern(self, conn, request, runtime, message, version):
+        """A request of revision 2026-07-28: no session; the child is the shared one; what the child asks its
+        client during a call is returned as an input_required result (multi round-trip requests)."""
+        if classify(message)[0] == NOTIFICATION:
+            conn.send(202)  # this revision has no client notification for a child (the stream's end cancels)
+            return 202
+        check_modern_headers(message, request.headers)
+        method = message["method"]
+        if method in REMOVED_IN_MODERN:
+            raise _modern_error(JSONRPC_METHOD_NOT_FOUND, "method not found: %s (revision %s removed it)" % (
+                method, version), http_status=404)
+        if runtime.spec.isolation == "session":
+            raise GatewayError("server %s gives each session a child of its own, and revision %s has no "
+                               "sessions: connect with a handshake-era revision" % (runtime.server_id, version),
+                               400, "session_required", JSONRPC_INVALID_REQUEST)
+        caller = ModernCaller(request_meta(message), version)
+        deadline = self.deadline()
+        if method == "server/discover":
+            runtime.ready_child(deadline)
+            return conn.send_reply(result_reply(message, discover_result(runtime.init_result)))
+        if method == "subscriptions/listen":
+            return self._listen(conn, request, runtime, message, caller, deadline)
+        params = message.get("params") if isinstance(message.get("params"), dict) else {}
+        pending = {}
+        if "requestState" in params:
+            ticket, pending = self.router.resume(message, caller)
+        else:
+            forwarded = dict(message, params={k: v for k, v in params.items() if k != "inputResponses"})
+            ticket = self.router.forward_request(runtime, forwarded, deadline, caller)
+        parked = False
+        try:
+            answer = self._await_modern(conn, request, ticket, message, pending, deadline)
+            if answer is None:  # the child waits for what it asked: the client answers on its retry
+                state = self.router.park(ticket, caller, pending, message)
+                parked = True
+                answer = result_reply(message, {"resultType": "input_required", "inputRequests": pending,
+                                                "requestState": state})
+            else:
+                answer = modern_answer(method, answer, runtime.init_result.get("serverInfo"))
+            if conn.streamed:
+                conn.send_event(json_bytes(answer))
+                conn.end_stream()
+                return 200
+            error = answer.get("error")
+            status = 404 if isinstance(error, dict) and error.get("code") == JSONRPC_METHOD_NOT_FOUND else 200
+            conn.send_json(status, answer)
+            return status
+        finally:
+            if not parked:
+                ticket.finish("client_gone")  # no-op when the answer came; else the caller went away
+
+    def _await_modern(self, conn, request, ticket, message, pending, deadline):
+        """The child's answer to a modern call, its progress streamed on the way; None when the child is waiting
+        for the caller's input instead, with its requests gathered into `pending` (input key -> request)."""
+        wants_stream = "text/event-stream" in request.headers.get("accept", "").lower()
+        keepalive = self.config.sse_keepalive_ms / 1000.0
+        while True:
+            tick = self.MRTR_GATHER_S if pending else (keepalive if conn.streamed else None)
+            try:
+                answer = ticket.next(deadline, tick)
+            except GatewayError as e:
+                if not conn.streamed:
+                    raise
+                return rpc_error_from(e, ticket.call.caller_id)
+            if answer is None:
+                if pending:
+                    return None
+                conn.send_comment("keepalive")
+            elif not isinstance(answer, Interim):
+                return answer
+            elif "id" in answer.message:  # a request the child made, relayed to this caller
+                if message["method"] in MRTR_METHODS:
+                    pending[answer.message["id"]] = {"method": answer.message["method"],
+                                                     "params": answer.message.get("params") or {}}
+                else:
+                    self.router.refuse_relay(answer.message["id"], "a %s request cannot ask its client for input "
+                                             "in revision 2026-07-28" % message["method"])
+            elif wants_stream:
+                if not conn.streamed:
+                    conn.start_stream(request)
+                conn.send_event(json_bytes(answer.message))
+
+    def _listen(self, conn, request, runtime, message, caller, deadline):
+        """subscriptions/listen: one long-lived stream of the notifications the client opted in to, opened by an
+        acknowledgement and, when the gateway ends it, closed by the listen request's own result."""
+        runtime.ready_child(deadline)
+        session, honoured = self.router.open_listen(runtime, message, caller, deadline)
+        subscription = {META_SUBSCRIPTION_ID: message["id"]}
+        try:
+            session.open_stream(conn)
+            conn.start_stream(request)
+            conn.send_event(json_bytes({"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
+                                        "params": {"_meta": subscription, "notifications": honoured}}))
+            self._relay_events(conn, session, 0, event_ids=False)
+            if self.stopping.is_set() or session.closed:  # the gateway ends it: say so, as the result
+                conn.send_event(json_bytes(result_reply(message, {"resultType": "complete", "_meta": subscription})))
+            conn.end_stream()
+        finally:
+            session.close_stream(conn)
+            self.router.close_session(session, "its listen stream ended")
+        return 200
+
     def get_mcp(self, conn, request, body, server_id):
         """GET /{server_id}/rpc: the session's event stream (one at a time), replaying after Last-Event-ID.
         Without Mcp-Session-Id it opens a session, as the original daemon did, and names it in the answer."""
@@ -3620,26 +4126,31 @@ class HttpFront:
         cursor = int(last_event_id) if last_event_id else session.delivered_id
         if not session.open_stream(conn):
             raise GatewayError("this session already has an open event stream", 409, "stream_conflict")
-        generation = session.stream_generation
         try:
             conn.start_stream(request, headers=[("Mcp-Session-Id", session.id)])
-            keepalive = self.config.sse_keepalive_ms / 1000.0
-            while not self.stopping.is_set():
-                events = session.next_events(cursor, keepalive, generation)
-                if session.closed or generation != session.stream_generation:
-                    break
-                for event_id, data in events:
-                    conn.send_event(data, event_id)
-                    cursor = event_id
-                    session.mark_delivered(event_id)
-                if not events:
-                    if conn.peer_closed():
-                        break
-                    conn.send_comment("keepalive")
+            self._relay_events(conn, session, cursor, event_ids=True)
             conn.end_stream()
         finally:
             session.close_stream(conn)
         return 200
+
+    def _relay_events(self, conn, session, cursor, event_ids):
+        """Writes a session's events to its open stream, with keepalives, until the session or the stream ends,
+        the client goes, or the gateway stops. Revision 2026-07-28 streams carry no event ids."""
+        generation = session.stream_generation
+        keepalive = self.config.sse_keepalive_ms / 1000.0
+        while not self.stopping.is_set():
+            events = session.next_events(cursor, keepalive, generation)
+            if session.closed or generation != session.stream_generation:
+                return
+            for event_id, data in events:
+                conn.send_event(data, event_id if event_ids else None)
+                cursor = event_id
+                session.mark_delivered(event_id)
+            if not events:
+                if conn.peer_closed():
+                    return
+                conn.send_comment("keepalive")
 
     def delete_mcp(self, conn, request, body, server_id):
         if request.headers.get("mcp-session-id") is None:

@@ -6,6 +6,7 @@ processes (tests/fake_mcp_server.py) and talks to it over real sockets. Waits ar
 """
 from __future__ import annotations
 
+import base64
 import http.client
 import http.server
 import json
@@ -1411,10 +1412,12 @@ class SessionTest(unittest.TestCase):
         status, _, _ = client.post(rpc("ping"), **{"MCP-Protocol-Version": "2025-03-26"})
         self.assertEqual(status, 200)
 
-    def test_server_discover_steers_clients_to_initialize(self):
+    def test_a_discover_without_a_modern_claim_steers_clients_to_initialize(self):
+        status, reply = self.gateway.call("fake", rpc("server/discover", {}, "probe"))
+        self.assertEqual((status, reply["id"], reply["error"]["code"]), (200, "probe", -32601))
         status, reply = self.gateway.call("fake", rpc("server/discover", {}, "probe"),
                                           headers={"MCP-Protocol-Version": "2026-07-28"})
-        self.assertEqual((status, reply["id"], reply["error"]["code"]), (200, "probe", -32601))
+        self.assertEqual((status, reply["id"], reply["error"]["code"]), (400, "probe", -32602))
 
     def test_plain_calls_stay_json_even_when_streams_are_accepted(self):
         status, response, messages = self.client().post(tool_call("echo", 3, text="x"))
@@ -1860,6 +1863,252 @@ class IsolationTest(unittest.TestCase):
         self.assertEqual(newest.delete(), 204)
         self.assertEqual(hung.result(TIMEOUT)[2][0]["error"]["code"], -32800)
         hang_up(stream)
+
+
+# Revision 2026-07-28: eras, the modern envelope, multi round-trip requests, subscriptions/listen ----------------
+
+MODERN = "2026-07-28"
+MODERN_META = {"io.modelcontextprotocol/protocolVersion": MODERN,
+               "io.modelcontextprotocol/clientInfo": {"name": "modern-test", "version": "1"},
+               "io.modelcontextprotocol/clientCapabilities": {}}
+
+
+def modern(method, params=None, request_id=1, capabilities=None, **meta):
+    """A request of revision 2026-07-28 and the headers that mirror it."""
+    envelope = dict(MODERN_META, **meta)
+    if capabilities is not None:
+        envelope["io.modelcontextprotocol/clientCapabilities"] = capabilities
+    message = rpc(method, dict(params or {}, _meta=envelope), request_id)
+    headers = {"MCP-Protocol-Version": MODERN, "Mcp-Method": method, "Accept": SSE_ACCEPT}
+    name = (params or {}).get("name", (params or {}).get("uri"))
+    if isinstance(name, str):
+        headers["Mcp-Name"] = name
+    return message, headers
+
+
+class EraUnitTest(unittest.TestCase):
+    def test_request_era_ladder(self):
+        good, headers = modern("tools/list")
+        no_caps = rpc("tools/list", {"_meta": {"io.modelcontextprotocol/protocolVersion": MODERN}})
+        future = rpc("tools/list", {"_meta": dict(MODERN_META, **{"io.modelcontextprotocol/protocolVersion":
+                                                                    "2099-01-01"})})
+        bad_info = rpc("tools/list", {"_meta": dict(MODERN_META, **{"io.modelcontextprotocol/clientInfo": "x"})})
+        lowered = {name.lower(): value for name, value in headers.items()}
+        cases = [  # (message, headers, era or the JSON-RPC error code it gets)
+            (good, lowered, "modern"),
+            (good, {}, "modern"),  # the body decides; check_modern_headers then asks for the headers
+            (rpc("tools/list"), {}, "legacy"),
+            (rpc("tools/list"), {"mcp-protocol-version": "2025-06-18"}, "legacy"),
+            (rpc("initialize", {"protocolVersion": "2025-11-25"}), {}, "legacy"),
+            (rpc("initialize", {}), {"mcp-protocol-version": MODERN}, -32020),
+            (rpc("tools/list"), {"mcp-protocol-version": MODERN}, -32602),
+            (no_caps, {}, -32602),
+            (bad_info, {}, -32602),
+            (good, {"mcp-protocol-version": "2025-11-25"}, -32020),
+            (good, {"mcp-method": "tools/call"}, -32020),
+            (future, {}, -32022),
+            ([good], {}, -32600),
+            ([rpc("ping")], {}, "legacy"),
+            ({"jsonrpc": "2.0", "id": 1, "result": {}}, {"mcp-protocol-version": MODERN}, "legacy"),
+            ({"jsonrpc": "2.0", "method": "notifications/x"}, {"mcp-protocol-version": MODERN}, "modern"),
+        ]
+        for message, request_headers, expected in cases:
+            with self.subTest(message=message, headers=request_headers):
+                try:
+                    era, _ = gw.request_era(message, request_headers)
+                except gw.GatewayError as e:
+                    self.assertEqual((e.rpc_code, e.http_status), (expected, 400))
+                    if expected == -32022:
+                        self.assertEqual(e.rpc_data, {"supported": list(gw.ALL_PROTOCOL_VERSIONS),
+                                                      "requested": "2099-01-01"})
+                else:
+                    self.assertEqual(era, expected)
+
+    def test_standard_headers(self):
+        message, headers = modern("tools/call", {"name": "echo"})
+        lowered = {name.lower(): value for name, value in headers.items()}
+        encoded = "=?base64?" + base64.b64encode("écho".encode()).decode() + "?="
+        unicode_message, _ = modern("tools/call", {"name": "écho"})
+        cases = [(message, lowered, None), (message, dict(lowered, **{"mcp-name": "  echo "}), None),
+                 (message, {k: v for k, v in lowered.items() if k != "mcp-name"}, "Mcp-Name header is missing"),
+                 (message, {k: v for k, v in lowered.items() if k != "mcp-method"}, "Mcp-Method"),
+                 (message, {k: v for k, v in lowered.items() if k != "mcp-protocol-version"}, "MCP-Protocol-Version"),
+                 (message, dict(lowered, **{"mcp-name": "other"}), "Mcp-Name 'other'"),
+                 (message, dict(lowered, **{"mcp-name": "=?base64?!!?="}), "invalid base64"),
+                 (unicode_message, dict(lowered, **{"mcp-name": encoded}), None),
+                 (modern("tools/list")[0], {"mcp-protocol-version": MODERN, "mcp-method": "tools/list"}, None)]
+        for request, request_headers, problem in cases:
+            with self.subTest(headers=request_headers):
+                if problem is None:
+                    gw.check_modern_headers(request, request_headers)
+                else:
+                    with self.assertRaises(gw.GatewayError) as caught:
+                        gw.check_modern_headers(request, request_headers)
+                    self.assertEqual(caught.exception.rpc_code, -32020)
+                    self.assertIn(problem, caught.exception.message)
+
+    def test_request_state_is_refused_when_tampered_foreign_stale_or_for_another_request(self):
+        clock = [1000.0]
+        codec = gw.RequestStateCodec(clock=lambda: clock[0])
+        state = codec.encode(7, "tools/call", "ask", 30)
+        self.assertEqual(codec.decode(state, "tools/call", "ask"), 7)
+        payload, signature = state.split(".")
+        forged = base64.urlsafe_b64encode(b'[8,"tools/call","ask",99999]').rstrip(b"=").decode() + "." + signature
+        cases = [(state + "-TAMPERED", "tools/call", "ask", "integrity"), (forged, "tools/call", "ask", "integrity"),
+                 (gw.RequestStateCodec().encode(7, "tools/call", "ask", 30), "tools/call", "ask", "integrity"),
+                 ("not-a-state", "tools/call", "ask", "not one the gateway issued"),
+                 (12, "tools/call", "ask", "not one the gateway issued"),
+                 (state, "prompts/get", "ask", "another request"), (state, "tools/call", "echo", "another request")]
+        for bad, method, target, why in cases:
+            with self.subTest(state=bad, method=method, target=target):
+                with self.assertRaises(gw.GatewayError) as caught:
+                    codec.decode(bad, method, target)
+                self.assertEqual((caught.exception.rpc_code, caught.exception.http_status), (-32602, 400))
+                self.assertIn(why, caught.exception.message)
+        clock[0] += 31
+        with self.assertRaises(gw.GatewayError) as caught:
+            codec.decode(state, "tools/call", "ask")
+        self.assertIn("expired", caught.exception.message)
+
+    def test_results_and_errors_as_modern_clients_get_them(self):
+        info = {"name": "fake", "version": "1"}
+        cases = [("tools/list", {"result": {"tools": []}},
+                  {"result": {"tools": [], "resultType": "complete", "ttlMs": 0, "cacheScope": "private",
+                              "_meta": {"io.modelcontextprotocol/serverInfo": info}}}),
+                 ("tools/call", {"result": {"content": [], "_meta": {"k": 1}}},
+                  {"result": {"content": [], "resultType": "complete",
+                              "_meta": {"k": 1, "io.modelcontextprotocol/serverInfo": info}}}),
+                 ("resources/read", {"error": {"code": -32002, "message": "no such resource"}},
+                  {"error": {"code": -32602, "message": "no such resource"}}),
+                 ("tools/call", {"error": {"code": -32601, "message": "nope"}},
+                  {"error": {"code": -32601, "message": "nope"}})]
+        for method, answer, expected in cases:
+            with self.subTest(method=method, answer=answer):
+                self.assertEqual(gw.modern_answer(method, dict(answer, jsonrpc="2.0", id=1), info),
+                                 dict(expected, jsonrpc="2.0", id=1))
+        discovered = gw.discover_result({"capabilities": {"tools": {}}, "serverInfo": info, "instructions": "hi"})
+        self.assertEqual(discovered, {"supportedVersions": list(gw.ALL_PROTOCOL_VERSIONS),
+                                      "capabilities": {"tools": {}}, "instructions": "hi", "resultType": "complete",
+                                      "_meta": {"io.modelcontextprotocol/serverInfo": info}, "ttlMs": 0,
+                                      "cacheScope": "private"})
+
+
+class ModernClientTest(unittest.TestCase):
+    """Clients of revision 2026-07-28 on a handshake-era child (the fake server), through real sockets."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.gateway = GatewayProcess(cls, base_config([fake_server(roots="client")], sse_keepalive_ms=200))
+
+    @classmethod
+    def addCleanup(cls, function, *args):
+        cls.addClassCleanup(function, *args)
+
+    def post(self, message, headers, conn=None):
+        """(status, [messages]) of a modern POST: its JSON body, or every message of its event stream."""
+        conn = conn or self.gateway.connect()
+        conn.request("POST", "/fake/rpc", json.dumps(message), dict(headers, Authorization="Bearer " + TOKEN,
+                                                                     **{"Content-Type": "application/json"}))
+        response = conn.getresponse()
+        self.assertIsNone(response.getheader("Mcp-Session-Id"))
+        if response.getheader("Content-Type") == "text/event-stream":
+            return response.status, [m for _, m in read_sse(response) if not isinstance(m, str)]
+        return response.status, [json.loads(response.read())]
+
+    def test_discover_lists_and_calls_without_a_session(self):
+        status, (reply,) = self.post(*modern("server/discover", request_id="d"))
+        self.assertEqual((status, reply["id"]), (200, "d"))
+        result = reply["result"]
+        self.assertIn("2026-07-28", result["supportedVersions"])
+        self.assertEqual((result["resultType"], result["_meta"]["io.modelcontextprotocol/serverInfo"]["name"],
+                          result["instructions"]), ("complete", "fake", "fake server for tests"))
+        self.assertIn("tools", result["capabilities"])
+        status, (reply,) = self.post(*modern("tools/list", request_id=2))
+        self.assertEqual((status, reply["result"]["ttlMs"], reply["result"]["cacheScope"]), (200, 0, "private"))
+        status, (reply,) = self.post(*modern("tools/call", {"name": "add", "arguments": {"a": 2, "b": 3}}, 3))
+        self.assertEqual((reply["id"], reply["result"]["structuredContent"], reply["result"]["resultType"]),
+                         (3, {"sum": 5}, "complete"))
+        self.assertEqual(self.gateway.servers()["fake"]["sessions"], [])
+
+    def test_progress_streams_with_the_callers_own_token(self):
+        message, headers = modern("tools/call", {"name": "progress", "arguments": {"steps": 2}}, 4,
+                                  progressToken="mine")
+        status, messages = self.post(message, headers)
+        self.assertEqual([m["params"]["progressToken"] for m in messages[:-1]], ["mine", "mine"])
+        self.assertEqual(messages[-1]["result"]["content"][0]["text"], "done")
+
+    def test_removed_and_unknown_methods_get_404(self):
+        for method in ("initialize", "ping", "logging/setLevel", "resources/subscribe", "no/such/method"):
+            with self.subTest(method=method):
+                status, (reply,) = self.post(*modern(method, {"uri": "fake://a"} if "subscribe" in method else {}))
+                self.assertEqual((status, reply["error"]["code"]), (404, -32601))
+
+    def test_a_childs_request_becomes_input_required_and_the_retry_answers_it(self):
+        ask = {"name": "ask", "arguments": {"method": "elicitation/create", "params": {"message": "name?"}}}
+        status, (reply,) = self.post(*modern("tools/call", ask, 1, capabilities={"elicitation": {}}))
+        result = reply["result"]
+        self.assertEqual((status, result["resultType"]), (200, "input_required"))
+        (key, request), = result["inputRequests"].items()
+        self.assertEqual((request["method"], request["params"]["message"]), ("elicitation/create", "name?"))
+        self.assertEqual(self.gateway.servers()["fake"]["calls_in_flight"], 1)  # the child still waits
+        retry = dict(ask, inputResponses={key: {"action": "accept", "content": {"name": "Ada"}}},
+                     requestState=result["requestState"])
+        status, (reply,) = self.post(*modern("tools/call", retry, 2, capabilities={"elicitation": {}}))
+        self.assertEqual((status, reply["id"], reply["result"]["resultType"]), (200, 2, "complete"))
+        answered = reply["result"]["structuredContent"]["response"]
+        self.assertEqual(answered["result"]["content"], {"name": "Ada"})
+        status, (reply,) = self.post(*modern("tools/call", retry, 3, capabilities={"elicitation": {}}))
+        self.assertEqual((status, reply["error"]["code"]), (400, -32602))  # a state is good for one retry
+        tampered = dict(retry, requestState=result["requestState"] + "x")
+        status, (reply,) = self.post(*modern("tools/call", tampered, 4, capabilities={"elicitation": {}}))
+        self.assertEqual((status, reply["error"]["code"]), (400, -32602))
+
+    def test_a_request_needing_an_undeclared_capability_gets_32021(self):
+        ask = {"name": "ask", "arguments": {"method": "sampling/createMessage", "params": {}}}
+        status, (reply,) = self.post(*modern("tools/call", ask, 1, capabilities={"elicitation": {}}))
+        self.assertEqual((status, reply["error"]["code"], reply["error"]["data"]["requiredCapabilities"]),
+                         (400, -32021, {"sampling": {}}))
+        wait_for(lambda: self.gateway.servers()["fake"]["calls_in_flight"] == 0, what="the call to be dropped")
+
+    def test_listen_hears_only_what_it_opted_in_to_tagged_with_its_id(self):
+        message, headers = modern("subscriptions/listen", {"notifications": {
+            "toolsListChanged": True, "resourceSubscriptions": ["fake://watched"]}}, "listen-1")
+        conn = self.gateway.connect()
+        conn.request("POST", "/fake/rpc", json.dumps(message), dict(headers, Authorization="Bearer " + TOKEN))
+        stream = conn.getresponse()
+        stream.connection = conn
+        first = read_sse(stream, until=lambda m: not isinstance(m, str))[-1][1]
+        self.assertEqual(first["method"], "notifications/subscriptions/acknowledged")
+        self.assertEqual(first["params"], {"_meta": {"io.modelcontextprotocol/subscriptionId": "listen-1"},
+                                           "notifications": {"toolsListChanged": True,
+                                                             "resourceSubscriptions": ["fake://watched"]}})
+        wait_for(lambda: {"method": "resources/subscribe", "uri": "fake://watched"} in
+                 self.gateway.tool("received")["structuredContent"]["subscriptions"], what="the child's subscription")
+        for method, params in (("notifications/message", {"level": "info", "data": "not for listeners"}),
+                               ("notifications/prompts/list_changed", {}),
+                               ("notifications/resources/updated", {"uri": "fake://other"}),
+                               ("notifications/resources/updated", {"uri": "fake://watched"}),
+                               ("notifications/tools/list_changed", {})):
+            self.gateway.tool("notify", method=method, params=params)
+        events = stream_until(stream, lambda m: m.get("method") == "notifications/tools/list_changed")
+        heard = [(m["method"], m["params"].get("uri"), m["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"])
+                 for _, m in events if not isinstance(m, str)]
+        self.assertEqual(heard, [("notifications/resources/updated", "fake://watched", "listen-1"),
+                                 ("notifications/tools/list_changed", None, "listen-1")])
+        hang_up(stream)
+        wait_for(lambda: {"method": "resources/unsubscribe", "uri": "fake://watched"} in
+                 self.gateway.tool("received")["structuredContent"]["subscriptions"], what="the stream's end")
+
+    def test_malformed_claims_get_the_modern_errors_for_their_id(self):
+        message, headers = modern("tools/list", request_id="m")
+        cases = [(dict(headers, **{"MCP-Protocol-Version": "2025-11-25"}), 400, -32020),
+                 ({k: v for k, v in headers.items() if k != "Mcp-Method"}, 400, -32020),
+                 (dict(headers, **{"Mcp-Method": "tools/call"}), 400, -32020)]
+        for request_headers, status, code in cases:
+            with self.subTest(headers=request_headers):
+                got_status, (reply,) = self.post(message, request_headers)
+                self.assertEqual((got_status, reply["jsonrpc"], reply["id"], reply["error"]["code"]),
+                                 (status, "2.0", "m", code))
 
 
 # Telemetry: OTEL_* settings, OTLP/HTTP JSON export, trace context, Prometheus ------------------------------------
