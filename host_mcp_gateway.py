@@ -1036,6 +1036,65 @@ def check_modern_headers(message, headers):
         raise _mismatch("Mcp-Name %r, but params.%s is %r" % (decoded, field, body_value))
 
 
+def x_mcp_header_params(input_schema):
+    """A tool's `x-mcp-header` declarations: [(property path, header name, JSON type)] along chains of
+    `properties`, the only places the specification allows them."""
+    found = []
+    stack = [(input_schema, ())]
+    while stack:
+        schema, path = stack.pop()
+        if not isinstance(schema, dict):
+            continue
+        name = schema.get("x-mcp-header")
+        if path and isinstance(name, str) and name:
+            found.append((path, name, schema.get("type")))
+        properties = schema.get("properties")
+        if isinstance(properties, dict):
+            stack.extend((child, path + (key,)) for key, child in properties.items())
+    return found
+
+
+def _param_text(value):
+    """A tool argument as its Mcp-Param-* header carries it; None for what no header carries."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (str, int)):
+        return str(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return None
+
+
+def param_header_problem(declarations, arguments, headers):
+    """Why a tools/call's Mcp-Param-* headers disagree with its arguments, or None (integers compared as
+    numbers: 42.0 and 42 are equal)."""
+    for path, name, kind in declarations:
+        value = arguments
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        text = _param_text(value) if value is not None else None
+        if text is None:
+            continue
+        header = headers.get("mcp-param-" + name.lower())
+        if header is None:
+            return "arguments.%s is set but the Mcp-Param-%s header is missing" % (".".join(path), name)
+        if not all(" " <= c <= "~" or c == "\t" for c in header):
+            return "the Mcp-Param-%s header holds characters a header may not carry" % name
+        decoded = decode_header_value(header)
+        if decoded is None:
+            return "the Mcp-Param-%s header holds an invalid base64 value" % name
+        if kind in ("integer", "number") and isinstance(value, (int, float)) and not isinstance(value, bool):
+            try:
+                same = float(decoded) == value
+            except ValueError:
+                same = False
+        else:
+            same = decoded == text
+        if not same:
+            return "Mcp-Param-%s is %r but arguments.%s is %r" % (name, decoded, ".".join(path), value)
+    return None
+
+
 def modern_result(method, result, server_info):
     """A child's (or the gateway's) result as revision 2026-07-28 has it: resultType, the server's identity in
     _meta and, where the caching page requires them, caching hints: immediately stale and private, since the
@@ -2170,6 +2229,7 @@ class ServerRuntime:
         self.state = "stopped"
         self.child = None  # the ChildProcess while ready
         self.init_result = None  # the child's initialize result, kept for clients' own initialize
+        self.header_params = None  # tool name -> its x-mcp-header declarations; None until listed (Router)
         self.restart_count = 0
         self.last_exit = None
         self.last_error = None
@@ -2951,6 +3011,28 @@ class Router:
                 missing[key] = request
         return parked.ticket, missing
 
+    MAX_TOOL_PAGES = 50  # of tools/list the gateway reads itself to learn which arguments headers mirror
+
+    def tool_header_params(self, runtime, name, deadline):
+        """The x-mcp-header declarations of one of the child's tools; the gateway lists the child's tools itself
+        once after each start or change (notifications/tools/list_changed)."""
+        declarations = runtime.header_params
+        if declarations is None:
+            declarations, cursor = {}, None
+            child = runtime.ready_child(deadline)
+            for _ in range(self.MAX_TOOL_PAGES):
+                answer = child.call({"jsonrpc": "2.0", "id": "gateway-tools", "method": "tools/list",
+                                     "params": {"cursor": cursor} if cursor else {}}, deadline)
+                result = answer.get("result") if isinstance(answer.get("result"), dict) else {}
+                for tool in result.get("tools") or ():
+                    if isinstance(tool, dict) and isinstance(tool.get("name"), str):
+                        declarations[tool["name"]] = x_mcp_header_params(tool.get("inputSchema"))
+                cursor = result.get("nextCursor")
+                if not isinstance(cursor, str):
+                    break
+            runtime.header_params = declarations
+        return declarations.get(name, ())
+
     def _expire_parked(self):
         """Calls whose client never came back: cancelled at the child, their requests answered with an error."""
         with self._lock:
@@ -3169,6 +3251,8 @@ class Router:
             if relay is not None:
                 relay.session.push(dict(message, params=dict(params, requestId=relay_id)))
             return
+        if method == LIST_CHANGED["tools"]:
+            runtime.header_params = None  # which arguments headers mirror may have changed
         sessions = self.sessions.of_runtime(runtime)
         if method == "notifications/resources/updated":
             sessions = [session for session in sessions if params.get("uri") in session.subscriptions]
@@ -3261,6 +3345,7 @@ class Router:
     def on_child_ready(self, runtime, child, restarted):
         """After a restart, sessions carry on: subscriptions are renewed and clients are told to refresh the
         lists the child declared as changeable."""
+        runtime.header_params = None
         if not restarted:
             return
         with self._lock:
@@ -4031,6 +4116,12 @@ class HttpFront:
         if method == "subscriptions/listen":
             return self._listen(conn, request, runtime, message, caller, deadline)
         params = message.get("params") if isinstance(message.get("params"), dict) else {}
+        if method == "tools/call":
+            arguments = params.get("arguments") if isinstance(params.get("arguments"), dict) else {}
+            problem = param_header_problem(self.router.tool_header_params(runtime, mrtr_target(message), deadline),
+                                           arguments, request.headers)
+            if problem:
+                raise _mismatch(problem)
         pending = {}
         if "requestState" in params:
             ticket, pending = self.router.resume(message, caller)

@@ -1970,6 +1970,33 @@ class EraUnitTest(unittest.TestCase):
             codec.decode(state, "tools/call", "ask")
         self.assertIn("expired", caught.exception.message)
 
+    def test_arguments_mirrored_into_headers(self):
+        schema = {"type": "object", "properties": {
+            "region": {"type": "string", "x-mcp-header": "Region"}, "zone": {"type": "integer", "x-mcp-header": "Zone"},
+            "nested": {"type": "object", "properties": {"on": {"type": "boolean", "x-mcp-header": "On"}}},
+            "list": {"type": "array", "items": {"type": "string", "x-mcp-header": "Never"}}}}
+        declarations = gw.x_mcp_header_params(schema)
+        self.assertEqual(sorted(declarations), [(("nested", "on"), "On", "boolean"), (("region",), "Region", "string"),
+                                                (("zone",), "Zone", "integer")])
+        accented = "=?base64?" + base64.b64encode("Zürich".encode()).decode() + "?="
+        cases = [({"region": "eu"}, {"mcp-param-region": "eu"}, None),
+                 ({"region": "eu", "zone": 4}, {"mcp-param-region": "eu", "mcp-param-zone": "4.0"}, None),
+                 ({"nested": {"on": True}}, {"mcp-param-on": "true"}, None),
+                 ({"region": "Zürich"}, {"mcp-param-region": accented}, None),
+                 ({"region": None}, {}, None), ({}, {"mcp-param-region": "ignored"}, None),
+                 ({"region": "eu"}, {}, "header is missing"),
+                 ({"region": "eu"}, {"mcp-param-region": "us"}, "'us'"),
+                 ({"zone": 4}, {"mcp-param-zone": "5"}, "arguments.zone"),
+                 ({"region": "é"}, {"mcp-param-region": "\xc3\xa9"}, "characters"),
+                 ({"region": "eu"}, {"mcp-param-region": "=?base64?%%%?="}, "invalid base64")]
+        for arguments, headers, problem in cases:
+            with self.subTest(arguments=arguments, headers=headers):
+                found = gw.param_header_problem(declarations, arguments, headers)
+                if problem is None:
+                    self.assertIsNone(found)
+                else:
+                    self.assertIn(problem, found)
+
     def test_results_and_errors_as_modern_clients_get_them(self):
         info = {"name": "fake", "version": "1"}
         cases = [("tools/list", {"result": {"tools": []}},
@@ -2098,6 +2125,18 @@ class ModernClientTest(unittest.TestCase):
         hang_up(stream)
         wait_for(lambda: {"method": "resources/unsubscribe", "uri": "fake://watched"} in
                  self.gateway.tool("received")["structuredContent"]["subscriptions"], what="the stream's end")
+
+    def test_arguments_a_tool_mirrors_into_headers_must_match_them(self):
+        message, headers = modern("tools/call", {"name": "located", "arguments": {"region": "eu", "zone": 3}}, 5)
+        cases = [(dict(headers, **{"Mcp-Param-Region": "eu", "Mcp-Param-Zone": "3"}), 200),
+                 (dict(headers, **{"Mcp-Param-Region": "us", "Mcp-Param-Zone": "3"}), 400),
+                 (dict(headers, **{"Mcp-Param-Region": "eu"}), 400)]
+        for request_headers, status in cases:
+            with self.subTest(headers=request_headers):
+                got, (reply,) = self.post(message, request_headers)
+                self.assertEqual(got, status)
+                if status == 400:
+                    self.assertEqual(reply["error"]["code"], -32020)
 
     def test_malformed_claims_get_the_modern_errors_for_their_id(self):
         message, headers = modern("tools/list", request_id="m")

@@ -35,6 +35,7 @@ Tools (tools/call):
   received {}                 recorded notifications, subscriptions and the last initialize's params
   spawn_grandchild {}         starts `sleep 1000`, answers with its pid
   stop_reading {seconds}      answers, then reads nothing more from stdin for that long
+  located {region, zone?}     echoes its arguments; both are marked x-mcp-header (Region, Zone)
 Unknown tools give -32602 "unknown tool: X".
 """
 from __future__ import annotations
@@ -114,6 +115,9 @@ TOOLS = [
     ("received", "Report recorded notifications and subscriptions.", _obj({})),
     ("spawn_grandchild", "Start a long-running child process.", _obj({})),
     ("stop_reading", "Stop reading stdin for a while.", _obj({"seconds": _N}, ("seconds",))),
+    ("located", "Echo a region that HTTP clients mirror into the Mcp-Param-Region header.",
+     _obj({"region": {"type": "string", "x-mcp-header": "Region"}, "zone": {"type": "integer", "x-mcp-header": "Zone"}},
+          ("region",))),
 ]
 
 
@@ -183,6 +187,8 @@ def call_tool(params: dict) -> dict | None:
                     "subscriptions": list(_subscriptions),
                     "initialize": _counters.get("initialize_params")}
         return text_result("received", data)
+    if name == "located":
+        return text_result(args["region"], args)
     if name == "stop_reading":
         with _state:
             _counters["reading_resumes_at"] = time.monotonic() + float(args["seconds"])
