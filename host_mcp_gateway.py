@@ -86,6 +86,8 @@ CHILD_STOP_GRACE_S = 1.5  # SIGTERM to SIGKILL; keeps a whole gateway stop under
 CHILD_EXIT_SETTLE_S = 1.0  # after stdout closes, how long a child gets to exit by itself before it is stopped
 MAX_BACKOFF_S = 60.0  # restart backoff doubles up to this
 MIN_LOOP_DELAY_S = 0.1  # even with restart_backoff_ms 0, a crash loop never spins the CPU
+LISTEN_DEADLINE_S = 365 * 86400.0  # a modern child's own subscriptions/listen lasts as long as its client stays
+PROBE_TIMEOUT_S = 5.0  # child_protocol auto: a child silent this long on server/discover speaks the handshake
 STABLE_AFTER_S = 30.0  # a child ready this long has recovered: the next failure starts the backoff over
 SHUTDOWN_GRACE_S = 1.5  # in-flight requests get this long to finish on SIGTERM
 STOP_BUDGET_S = 4.5  # SIGTERM to exit, all steps together: the issue promises 5 s
@@ -348,6 +350,7 @@ TOKEN_HELP = ("make one with `openssl rand -hex 32` or "
 RESTART_POLICIES = ("always", "on-failure", "never")
 ROOTS_FROM_CLIENT = "client"  # the `roots` setting that lets a child ask the client of the call in flight
 ISOLATION_MODES = ("shared", "session")
+CHILD_PROTOCOLS = ("auto", "legacy", "modern")
 SERVER_ID_RE = re.compile(r"[A-Za-z0-9._-]+\Z")
 ORIGIN_RE = re.compile(r"(https?)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?\Z")
 # Path segments the gateway routes itself; a server_id equal to one would be shadowed or confusing.
@@ -527,6 +530,9 @@ SERVER_FIELDS = {
     "isolation": Field("shared", _one_of(ISOLATION_MODES),
                        "`shared`: one child for all clients; `session`: a child of its own per MCP session"),
     "max_children": Field(8, _check_positive_int, "with isolation `session`: most children running at once"),
+    "child_protocol": Field("auto", _one_of(CHILD_PROTOCOLS),
+                            "`auto`: ask it `server/discover` first and speak revision 2026-07-28 when it answers; "
+                            "`legacy`: always the initialize handshake; `modern`: always 2026-07-28"),
     "roots": Field(None, _check_roots,
                    "what the child's `roots/list` gets: unset = no roots; a list of folders the gateway "
                    "answers with; `\"client\"` = the client of the call in flight"),
@@ -565,6 +571,7 @@ class ServerSpec:
         self.isolation = values["isolation"]
         self.max_children = values["max_children"]
         self.roots = values["roots"]
+        self.child_protocol = values["child_protocol"]
 
     @property
     def fixed_roots(self):
@@ -913,6 +920,11 @@ REMOVED_IN_MODERN = frozenset({"initialize", "ping", "logging/setLevel", "resour
 CACHEABLE_METHODS = frozenset({"server/discover", "tools/list", "prompts/list", "resources/list",
                                "resources/templates/list", "resources/read"})
 MRTR_METHODS = frozenset({"tools/call", "prompts/get", "resources/read"})  # may answer input_required
+# HTTP statuses the revision gives JSON-RPC errors of a request's own processing; the rest are answered 200
+MODERN_ERROR_STATUS = {JSONRPC_METHOD_NOT_FOUND: 404, MCP_MISSING_CLIENT_CAPABILITY: 400}
+# subscriptions/listen filter fields, and the capability whose listChanged each needs
+LISTEN_FIELDS = (("toolsListChanged", "tools"), ("promptsListChanged", "prompts"),
+                 ("resourcesListChanged", "resources"))
 MCP_NAME_SOURCE = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}  # Mcp-Name mirrors it
 _BASE64_SENTINEL_RE = re.compile(r"=\?base64\?([A-Za-z0-9+/]*={0,2})\?=\Z")
 
@@ -1186,6 +1198,40 @@ def modern_answer(method, answer, server_info):
         return answer
     result = answer.get("result")
     return dict(answer, result=modern_result(method, result if isinstance(result, dict) else {}, server_info))
+
+
+def modern_envelope(message, capabilities, client_info=None, log_level=None):
+    """A request as a modern child needs it: params._meta naming the revision, the client's capabilities and,
+    when known, its identity and the log level it asked for."""
+    params = message.get("params") if isinstance(message.get("params"), dict) else {}
+    meta = dict(params.get("_meta") if isinstance(params.get("_meta"), dict) else {})
+    meta[META_PROTOCOL_VERSION] = FIRST_MODERN_VERSION
+    meta[META_CLIENT_CAPABILITIES] = capabilities
+    if client_info:
+        meta[META_CLIENT_INFO] = client_info
+    if log_level:
+        meta[META_LOG_LEVEL] = log_level
+    return dict(message, params=dict(params, _meta=meta))
+
+
+def handshake_result_from(discovered):
+    """What a handshake-era client's initialize is answered with from a modern child: its discover result in
+    the shape of an initialize result."""
+    meta = discovered.get("_meta") if isinstance(discovered.get("_meta"), dict) else {}
+    result = {"protocolVersion": HANDSHAKE_PROTOCOL_VERSION, "capabilities": discovered.get("capabilities") or {},
+              "serverInfo": meta.get(META_SERVER_INFO) or {"name": "unknown", "version": "unknown"}}
+    if isinstance(discovered.get("instructions"), str):
+        result["instructions"] = discovered["instructions"]
+    return result
+
+
+def legacy_answer(answer):
+    """A modern child's answer for a handshake-era client: without the result fields only modern clients read."""
+    result = answer.get("result")
+    if not isinstance(result, dict):
+        return answer
+    return dict(answer, result={key: value for key, value in result.items()
+                                if key not in ("resultType", "ttlMs", "cacheScope")})
 
 
 def discover_result(init_result):
@@ -2095,7 +2141,7 @@ class ChildProcess:
         with self._lock:
             return list(self._pending.items())
 
-    def call_with_progress_token(self, token):
+    def call_by_id(self, token):
         """The call in flight whose progress token (its gateway id) is `token`, or None."""
         if not _is_int(token):
             return None
@@ -2152,6 +2198,22 @@ class ChildProcess:
                 self.server_id, json.dumps(answer.get("error"))))
         self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         return result
+
+    def discover(self, timeout_s, capabilities):
+        """Revision 2026-07-28's probe: the child's DiscoverResult, or None when it answers with an error that
+        is not a modern one (a handshake-era child). Raises GatewayError "timeout" when it says nothing in time,
+        and server_unavailable when it is modern but speaks no revision the gateway does."""
+        request = modern_envelope({"jsonrpc": "2.0", "id": "gateway-discover", "method": "server/discover",
+                                   "params": {}}, capabilities, GATEWAY_CLIENT_INFO)
+        answer = self.call(request, now() + timeout_s)
+        result = answer.get("result")
+        if isinstance(result, dict) and FIRST_MODERN_VERSION in (result.get("supportedVersions") or ()):
+            return result
+        error = answer.get("error") if isinstance(answer.get("error"), dict) else {}
+        if error.get("code") == MCP_UNSUPPORTED_PROTOCOL_VERSION:
+            raise unavailable(self.server_id, "server %s speaks none of the revisions %s: %s" % (
+                self.server_id, ", ".join(ALL_PROTOCOL_VERSIONS), json.dumps(error.get("data"))))
+        return None
 
     # Stopping --------------------------------------------------------------------------------------------------
 
@@ -2230,6 +2292,9 @@ class ServerRuntime:
         self.child = None  # the ChildProcess while ready
         self.init_result = None  # the child's initialize result, kept for clients' own initialize
         self.header_params = None  # tool name -> its x-mcp-header declarations; None until listed (Router)
+        self.era = None  # MODERN or LEGACY: how the current child is spoken to (child_protocol, its probe)
+        self.listen_feed = None  # gateway id of the subscriptions/listen that feeds sessions of a modern child
+        self._silent_on_probe = False  # a child said nothing to server/discover: its restarts skip the probe
         self.restart_count = 0
         self.last_exit = None
         self.last_error = None
@@ -2360,8 +2425,9 @@ class ServerRuntime:
             child.start()
             span.set("process.pid", child.pid)
             self._log.info("child_started", server_id=self.server_id, pid=child.pid)
-            result = child.handshake(startup_ms / 1000.0, child_handshake_params(self.spec, self.handshake_params))
-            span.add_event("handshake", **{"mcp.protocol.version": result.get("protocolVersion")})
+            result, era = self._introduce(child, startup_ms / 1000.0)
+            span.add_event("handshake", **{"mcp.protocol.version": FIRST_MODERN_VERSION if era == MODERN
+                                           else result.get("protocolVersion")})
         except GatewayError as e:
             span.fail(e.message)
             span.end()
@@ -2373,10 +2439,10 @@ class ServerRuntime:
             return child, None
         span.end()
         ready_at = now()
-        self._set(state="ready", child=child, init_result=result, _ready_since=ready_at,
+        self._set(state="ready", child=child, init_result=result, era=era, _ready_since=ready_at,
                   _failed_since_ready=False, last_error=None)
-        self._log.info("child_ready", server_id=self.server_id, pid=child.pid,
-                       server_info=result.get("serverInfo"), protocol_version=result.get("protocolVersion"))
+        self._log.info("child_ready", server_id=self.server_id, pid=child.pid, era=era,
+                       server_info=result.get("serverInfo"), protocol_version=self.protocol_version)
         if self._on_ready is not None:
             self._on_ready(self, child, restarted)
         while not child.stdout_closed.wait(POLL_S):
@@ -2398,6 +2464,37 @@ class ServerRuntime:
             exit_span.end()
         return child, now() - ready_at
 
+    def _introduce(self, child, timeout_s):
+        """Opens a new child in its era: with child_protocol auto, server/discover first (a dual-era child's
+        first message fixes its era for the life of its process), the initialize handshake when that gets a
+        handshake-era error or silence. Returns (its initialize result, or one made from its discover result;
+        the era)."""
+        params = child_handshake_params(self.spec, self.handshake_params)
+        mode = self.spec.child_protocol
+        if mode == "modern" or mode == "auto" and not self._silent_on_probe:
+            try:
+                discovered = child.discover(timeout_s if mode == "modern" else min(PROBE_TIMEOUT_S, timeout_s),
+                                            params["capabilities"] if isinstance(params.get("capabilities"), dict)
+                                            else {})
+            except GatewayError as e:
+                if e.error_code != "timeout" or mode == "modern":
+                    raise
+                self._silent_on_probe = True
+                discovered = None
+            if discovered is not None:
+                return handshake_result_from(discovered), MODERN
+            if mode == "modern":
+                raise unavailable(self.server_id, "server %s (child_protocol modern) refused server/discover" %
+                                  self.server_id)
+        return child.handshake(timeout_s, params), LEGACY
+
+    @property
+    def protocol_version(self):
+        """The revision the current child speaks with the gateway."""
+        if self.era == MODERN:
+            return FIRST_MODERN_VERSION
+        return (self.init_result or {}).get("protocolVersion")
+
     def describe(self):
         """What /servers shows: never env values or the token."""
         with self._cond:
@@ -2411,7 +2508,8 @@ class ServerRuntime:
                 "next_start_in_s": (round(max(0.0, self._next_start_at - now()), 3)
                                     if self._next_start_at is not None else None),
                 "autostart": self.spec.autostart, "restart_policy": self.spec.restart_policy,
-                "server_info": info.get("serverInfo"), "protocol_version": info.get("protocolVersion"),
+                "server_info": info.get("serverInfo"), "protocol_version": self.protocol_version,
+                "protocol_era": self.era,
                 "capabilities": sorted((info.get("capabilities") or {}).keys()),
             }
         return described
@@ -2433,12 +2531,18 @@ LISTED_BY = {"tools/list": LIST_CHANGED["tools"], "resources/list": LIST_CHANGED
              "resources/templates/list": LIST_CHANGED["resources"], "prompts/list": LIST_CHANGED["prompts"]}
 
 
-def client_label(params):
-    """`name version` from an initialize's clientInfo, bounded: the client chooses it, /servers shows it."""
+def client_info(params):
+    """An initialize's clientInfo, name and version only and each bounded (the client chooses them; /servers
+    shows them and a modern child is told them); None without one."""
     info = params.get("clientInfo")
     info = info if isinstance(info, dict) else {}
-    parts = [str(info[key])[:CLIENT_LABEL_CHARS] for key in ("name", "version") if info.get(key) is not None]
-    return " ".join(parts) or None
+    kept = {key: str(info[key])[:CLIENT_LABEL_CHARS] for key in ("name", "version") if info.get(key) is not None}
+    return kept or None
+
+
+def client_label(params):
+    """`name version` from an initialize's clientInfo, bounded."""
+    return " ".join((client_info(params) or {}).values()) or None
 
 
 class Session:
@@ -2453,7 +2557,9 @@ class Session:
         self.server_id = parent.server_id
         capabilities = params.get("capabilities")
         self.capabilities = capabilities if isinstance(capabilities, dict) else {}
+        self.client_info = client_info(params)
         self.client = client_label(params)
+        self.log_level = None  # set by logging/setLevel on a modern child, which gets it in each request's _meta
         self.opened_by = opened_by  # "initialize", or "GET" for a stream opened without a session
         self.protocol_version = None  # negotiated at initialize
         self.subscriptions = set()  # resource uris it subscribed to (Router._lock)
@@ -2626,14 +2732,23 @@ class SessionStore:
 
 
 class RelayedRequest:
-    """A request a child made, passed on to a client under an id of the gateway's."""
-    __slots__ = ("child", "child_id", "session", "expires")
+    """A request a child made, passed on to a client under an id of the gateway's. Its answer goes back to the
+    child, or, for a request a modern child put in an input_required result, into `sink` for the call that
+    waits for it (InputBridge)."""
+    __slots__ = ("child", "child_id", "session", "expires", "sink")
 
-    def __init__(self, child, child_id, session, expires):
+    def __init__(self, child, child_id, session, expires, sink=None):
         self.child = child
-        self.child_id = child_id  # the id the child chose; the client's answer goes back with it
+        self.child_id = child_id  # the id the child chose (the input key, with a sink); the answer goes with it
         self.session = session
         self.expires = expires
+        self.sink = sink
+
+    def answer(self, message):
+        if self.sink is not None:
+            self.sink.put((self.child_id, message))
+        else:
+            self.child.send(dict(message, id=self.child_id))
 
 
 class ModernCaller:
@@ -2689,15 +2804,72 @@ def mcp_span_name(attributes):
     return values["mcp.method.name"] + (" " + target if target else "")
 
 
+class InputBridge:
+    """A handshake-era client's call on a modern child. The child answers what it needs from the client as an
+    input_required result; the bridge passes those requests to the client's session as real requests (under
+    relay ids, on the call's stream or the session's), collects the answers, and sends the child its request
+    again with them and its requestState, until the child completes it."""
+
+    def __init__(self, router, message, session):
+        self._router = router
+        self._message = message  # as the child got it (with the modern envelope)
+        self._session = session
+        self._answers = queue.SimpleQueue()  # (input key, the client's response), from the relay
+        self._waiting = set()  # input keys the client has yet to answer
+        self._responses = {}  # input key -> the client's result, for the retry
+        self._state = None  # the child's requestState, echoed on the retry
+
+    @property
+    def waiting(self):
+        return bool(self._waiting)
+
+    def on_answer(self, answer):
+        """The child's final answer: the requests to pass to the client (Interim messages, [] for a bare
+        requestState), or None when it is the answer itself."""
+        result = answer.get("result")
+        if not isinstance(result, dict) or result.get("resultType") != "input_required":
+            return None
+        requests = result.get("inputRequests") if isinstance(result.get("inputRequests"), dict) else {}
+        self._state, self._responses = result.get("requestState"), {}
+        interims = []
+        for key, request in requests.items():
+            relay_id = self._router.hold_request(self._session, key, request, self._answers)
+            self._waiting.add(key)
+            interims.append(Interim({"jsonrpc": "2.0", "id": relay_id, "method": request["method"],
+                                     "params": request.get("params") or {}}))
+        return interims
+
+    def collect(self, timeout):
+        """Takes the client's answers as they come; the request to send the child again once all are in, or None
+        while some are missing after `timeout` seconds."""
+        try:
+            key, response = self._answers.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            return None
+        self._waiting.discard(key)
+        if isinstance(response.get("result"), dict):
+            self._responses[key] = response["result"]
+        return None if self._waiting else self.retry()
+
+    def retry(self):
+        params = dict(self._message.get("params") or {}, inputResponses=self._responses)
+        if self._state is not None:
+            params["requestState"] = self._state
+        return dict(self._message, params=params)
+
+
 class Ticket:
     """A request on its way through a child: what the HTTP thread waits on. It also carries the request's
     CLIENT span and records its durations when the final answer (or failure) comes."""
-    __slots__ = ("child", "gateway_id", "call", "_telemetry", "_span", "_attributes", "_received", "_sent", "_done")
+    __slots__ = ("child", "gateway_id", "call", "bridge", "_outbox", "_telemetry", "_span", "_attributes",
+                 "_received", "_sent", "_done")
 
-    def __init__(self, child, gateway_id, call, telemetry, span, attributes, received):
+    def __init__(self, child, gateway_id, call, telemetry, span, attributes, received, bridge=None):
         self.child = child
         self.gateway_id = gateway_id
         self.call = call
+        self.bridge = bridge  # an InputBridge for a handshake-era client of a modern child, else None
+        self._outbox = deque()  # requests of the bridge for the client, not yet taken by next()
         self._telemetry = telemetry
         self._span = span
         self._attributes = attributes
@@ -2708,7 +2880,7 @@ class Ticket:
     def next(self, deadline, tick=None):
         """An Interim message, the final response, or None after `tick` seconds (see ChildProcess.wait_call)."""
         try:
-            answer = self.child.wait_call(self.gateway_id, self.call, deadline, tick)
+            answer = self._next(deadline, tick)
         except GatewayError as e:
             self.finish(e.error_code, e.message)
             raise
@@ -2719,6 +2891,32 @@ class Ticket:
             else:
                 self.finish()
         return answer
+
+    def _next(self, deadline, tick):
+        while True:
+            if self._outbox:
+                return self._outbox.popleft()
+            if self.bridge is not None and self.bridge.waiting:
+                timeout = deadline - now() if tick is None else min(tick, deadline - now())
+                retry = self.bridge.collect(timeout)
+                if retry is not None:
+                    self.gateway_id, self.call = self.child.begin_call(retry, self.call.session)
+                elif now() >= deadline:
+                    raise GatewayError("the client did not answer the server's requests in time", 504, "timeout",
+                                       JSONRPC_REQUEST_TIMEOUT, server_id=self.child.server_id)
+                elif tick is not None:
+                    return None
+                continue
+            answer = self.child.wait_call(self.gateway_id, self.call, deadline, tick)
+            if self.bridge is None or answer is None or isinstance(answer, Interim):
+                return answer
+            requests = self.bridge.on_answer(answer)
+            if requests is None:
+                return legacy_answer(answer)
+            if requests:
+                self._outbox.extend(requests)
+            else:  # a requestState alone: the child asks to be called again at once
+                self.gateway_id, self.call = self.child.begin_call(self.bridge.retry(), self.call.session)
 
     def wait(self, deadline):
         """The final response; messages that come first go to the session's event stream (or are dropped when
@@ -2855,6 +3053,13 @@ class Router:
                              "use initialize (protocol revisions %s)" % ", ".join(SUPPORTED_PROTOCOL_VERSIONS))
         if method in ("resources/subscribe", "resources/unsubscribe") and session is not None:
             return self._subscription(message, deadline, session)
+        if kind == REQUEST and method in ("ping", "logging/setLevel"):
+            runtime.ready_child(deadline)
+            if runtime.era == MODERN:  # revision 2026-07-28 has neither: the gateway answers for its child
+                level = (message.get("params") or {}).get("level") if isinstance(message.get("params"), dict) else None
+                if session is not None and level in LOG_LEVELS:
+                    session.log_level = level  # the child hears it in the _meta of the session's requests
+                return result_reply(message, {})
         if kind == REQUEST and method != "initialize":
             return self.forward_request(runtime, message, deadline, session)
         if method == "initialize" and kind != REQUEST:
@@ -2866,6 +3071,8 @@ class Router:
             return self.initialize_reply(runtime, message)
         if method == "notifications/cancelled":
             self._cancel_for_client(child, message, session)
+        elif runtime.era == MODERN:
+            pass  # revision 2026-07-28 has no other client notification
         elif method == "notifications/roots/list_changed" and not (runtime.is_private and
                                                                    runtime.spec.fixed_roots is None):
             pass  # one client's roots changing is no news to a child that does not get that client's roots
@@ -2885,9 +3092,16 @@ class Router:
                                "mcp.session.id": session.label if session else None}))
             message = with_meta(message, traceparent=span.context.traceparent())
         while True:
+            bridge = None
             try:
                 child = runtime.ready_child(deadline)
-                gateway_id, call = child.begin_call(message, session)
+                outgoing = message
+                if runtime.era == MODERN and not isinstance(session, ModernCaller):
+                    outgoing = modern_envelope(message, session.capabilities if session else {},
+                                               session.client_info if session else None,
+                                               session.log_level if session else None)
+                    bridge = InputBridge(self, outgoing, session)
+                gateway_id, call = child.begin_call(outgoing, session)
             except GatewayError as e:
                 if e.error_code == "server_exited":
                     continue  # it died before the call reached it: wait for the restart like any later call
@@ -2896,7 +3110,7 @@ class Router:
                 span.fail(e.message)
                 span.end()
                 raise
-            return Ticket(child, gateway_id, call, self._telemetry, span, attributes, received)
+            return Ticket(child, gateway_id, call, self._telemetry, span, attributes, received, bridge)
 
     def _record_local(self, message, attributes, received, error_type=None):
         """The duration of a request the gateway answered (or refused) without the child."""
@@ -2934,6 +3148,12 @@ class Router:
             return self.forward_request(session.runtime, message, deadline, session)
         key = (session.runtime, uri)
         subscribe = message["method"] == "resources/subscribe"
+        session.runtime.ready_child(deadline)
+        if session.runtime.era == MODERN:  # its one subscriptions/listen carries every session's resources
+            with self._lock:
+                self._count_subscription(session, key, subscribe)
+            self.refresh_listen_feed(session.runtime)
+            return result_reply(message, {})
         with self._lock:
             count = self._subscribers.get(key, 0)
             watching = uri in session.subscriptions
@@ -2970,7 +3190,7 @@ class Router:
             self._log.info("client_response_dropped", id=message["id"],
                            reason="no request of a server is waiting for it in this session")
             return
-        relay.child.send(dict(message, id=relay.child_id))
+        relay.answer(message)
 
     # Multi round-trip requests for modern clients of handshake-era children -----------------------------------
 
@@ -3006,7 +3226,7 @@ class Router:
             with self._lock:
                 relay = self._relayed.pop(key, None) if isinstance(responses.get(key), dict) else None
             if relay is not None:
-                relay.child.send({"jsonrpc": "2.0", "id": relay.child_id, "result": responses[key]})
+                relay.answer({"jsonrpc": "2.0", "id": None, "result": responses[key]})
             else:
                 missing[key] = request
         return parked.ticket, missing
@@ -3021,8 +3241,11 @@ class Router:
             declarations, cursor = {}, None
             child = runtime.ready_child(deadline)
             for _ in range(self.MAX_TOOL_PAGES):
-                answer = child.call({"jsonrpc": "2.0", "id": "gateway-tools", "method": "tools/list",
-                                     "params": {"cursor": cursor} if cursor else {}}, deadline)
+                listing = {"jsonrpc": "2.0", "id": "gateway-tools", "method": "tools/list",
+                           "params": {"cursor": cursor} if cursor else {}}
+                if runtime.era == MODERN:
+                    listing = modern_envelope(listing, {}, GATEWAY_CLIENT_INFO)
+                answer = child.call(listing, deadline)
                 result = answer.get("result") if isinstance(answer.get("result"), dict) else {}
                 for tool in result.get("tools") or ():
                     if isinstance(tool, dict) and isinstance(tool.get("name"), str):
@@ -3052,8 +3275,7 @@ class Router:
         wanted = wanted if isinstance(wanted, dict) else {}
         capabilities = runtime.init_result.get("capabilities") or {}
         honoured, methods = {}, set()
-        for field, kind in (("toolsListChanged", "tools"), ("promptsListChanged", "prompts"),
-                            ("resourcesListChanged", "resources")):
+        for field, kind in LISTEN_FIELDS:
             if wanted.get(field) is True and (capabilities.get(kind) or {}).get("listChanged"):
                 honoured[field] = True
                 methods.add(LIST_CHANGED[kind])
@@ -3090,8 +3312,8 @@ class Router:
         except GatewayError:
             self.close_session(session, "its server did not start")
             raise
-        if target is runtime:
-            reply = self.initialize_reply(runtime, message)
+        if target is runtime or target.era == MODERN:  # a modern child's result is the gateway's to negotiate
+            reply = self.initialize_reply(target, message)
         else:
             reply = result_reply(message, target.init_result)
         session.protocol_version = reply["result"].get("protocolVersion")
@@ -3188,7 +3410,7 @@ class Router:
                 self._count_subscription(session, (session.runtime, uri), subscribe=False)
             unwatched = [uri for uri in released if (session.runtime, uri) not in self._subscribers]
         for _, relay in relays:
-            relay.child.send(rpc_error(relay.child_id, JSONRPC_SERVER_ERROR, "the client's session ended"))
+            relay.answer(rpc_error(None, JSONRPC_SERVER_ERROR, "the client's session ended"))
         if child is not None:
             for uri in unwatched:
                 child.send_request("resources/unsubscribe", {"uri": uri})
@@ -3223,8 +3445,8 @@ class Router:
             for relay_id, _ in expired:
                 del self._relayed[relay_id]
         for _, relay in expired:
-            relay.child.send(rpc_error(relay.child_id, JSONRPC_REQUEST_TIMEOUT,
-                                       "the client did not answer within the request timeout"))
+            relay.answer(rpc_error(None, JSONRPC_REQUEST_TIMEOUT, "the client did not answer within the request "
+                                                                  "timeout"))
 
     # Messages children start -----------------------------------------------------------------------------------
 
@@ -3242,7 +3464,7 @@ class Router:
         method = message["method"]
         params = message.get("params") if isinstance(message.get("params"), dict) else {}
         if method == "notifications/progress":  # to the call whose token (the gateway id) it names
-            call = child.call_with_progress_token(params.get("progressToken"))
+            call = child.call_by_id(params.get("progressToken"))
             if call is not None:
                 call.answers.put(Interim(dict(message, params=dict(params, progressToken=call.progress_token))))
             return
@@ -3251,6 +3473,19 @@ class Router:
             if relay is not None:
                 relay.session.push(dict(message, params=dict(params, requestId=relay_id)))
             return
+        meta = params.get("_meta") if isinstance(params.get("_meta"), dict) else {}
+        if META_SUBSCRIPTION_ID in meta:  # a modern child's listen stream: a modern client's own, or the feed
+            subscription = meta[META_SUBSCRIPTION_ID]
+            listener = child.call_by_id(subscription)
+            if listener is not None and isinstance(listener.session, ModernCaller):
+                retagged = dict(meta, **{META_SUBSCRIPTION_ID: listener.caller_id})
+                listener.answers.put(Interim(dict(message, params=dict(params, _meta=retagged))))
+                return
+            if subscription != runtime.listen_feed or method == "notifications/subscriptions/acknowledged":
+                return
+            untagged = {key: value for key, value in meta.items() if key != META_SUBSCRIPTION_ID}
+            params = dict(params, _meta=untagged) if untagged else {k: v for k, v in params.items() if k != "_meta"}
+            message = dict(message, params=params)
         if method == LIST_CHANGED["tools"]:
             runtime.header_params = None  # which arguments headers mirror may have changed
         sessions = self.sessions.of_runtime(runtime)
@@ -3260,6 +3495,27 @@ class Router:
             (session.announce if method in LISTED_BY.values() else session.push)(message)
         self._log.log("debug", "child_notification", server_id=runtime.server_id, method=method,
                       sessions=len(sessions))
+
+    def refresh_listen_feed(self, runtime):
+        """A modern child's one subscriptions/listen for its handshake-era sessions: every list change it can
+        announce and every resource some session watches. Opened again when that set of resources changes."""
+        child = runtime.child
+        if child is None or runtime.era != MODERN:
+            return
+        capabilities = runtime.init_result.get("capabilities") or {}
+        wanted = {field: True for field, kind in LISTEN_FIELDS if (capabilities.get(kind) or {}).get("listChanged")}
+        with self._lock:
+            uris = sorted(uri for (owner, uri) in self._subscribers if owner is runtime)
+        if uris:
+            wanted["resourceSubscriptions"] = uris
+        previous, runtime.listen_feed = runtime.listen_feed, None
+        if previous is not None:
+            child.cancel_call(previous, "opened again for other resources")
+        if wanted:
+            runtime.listen_feed, _ = child.begin_call(modern_envelope(
+                {"jsonrpc": "2.0", "id": "gateway-listen", "method": "subscriptions/listen",
+                 "params": {"notifications": wanted}}, child_handshake_params(runtime.spec)["capabilities"],
+                GATEWAY_CLIENT_INFO))
 
     def _take_relay_of(self, child, child_id):
         """(client-facing id, RelayedRequest) of a child's request, forgotten; (None, None) if unknown."""
@@ -3316,12 +3572,28 @@ class Router:
                 return None, streaming[0]
         return None, None
 
+    def hold_request(self, session, key, request, sink):
+        """Passes a request of a modern child's input_required result to a handshake-era session as a real one;
+        its answer goes into `sink` as (key, response). Returns the relay id it goes under. A client without a
+        session, or without the capability, cannot be asked: 400 with -32021."""
+        method = request.get("method") if isinstance(request, dict) else None
+        needed = REQUEST_CAPABILITY.get(method)
+        if session is None or session.closed or needed is None or needed not in session.capabilities:
+            raise _modern_error(MCP_MISSING_CLIENT_CAPABILITY, "the server asks its client for %s, which this "
+                                "client %s" % (method, "cannot give without a session" if session is None else
+                                               "did not declare"), {"requiredCapabilities": {needed or method: {}}})
+        relay_id = "hmg-%d" % next(self._relay_ids)
+        with self._lock:
+            self._relayed[relay_id] = RelayedRequest(None, key, session,
+                                                     now() + self._config.request_timeout_ms / 1000.0, sink)
+        return relay_id
+
     def refuse_relay(self, relay_id, reason):
         """Answers a child's request, already relayed under `relay_id`, with an error instead of a client."""
         with self._lock:
             relay = self._relayed.pop(relay_id, None)
         if relay is not None:
-            relay.child.send(rpc_error(relay.child_id, JSONRPC_METHOD_NOT_FOUND, reason))
+            relay.answer(rpc_error(None, JSONRPC_METHOD_NOT_FOUND, reason))
 
     @staticmethod
     def _fail_modern_call_lacking(child, needed):
@@ -3346,11 +3618,13 @@ class Router:
         """After a restart, sessions carry on: subscriptions are renewed and clients are told to refresh the
         lists the child declared as changeable."""
         runtime.header_params = None
+        runtime.listen_feed = None
+        self.refresh_listen_feed(runtime)
         if not restarted:
             return
         with self._lock:
             uris = [uri for (owner, uri) in self._subscribers if owner is runtime]
-        for uri in uris:
+        for uri in uris if runtime.era == LEGACY else ():  # a modern child's feed names them already
             child.send_request("resources/subscribe", {"uri": uri})
         capabilities = runtime.init_result.get("capabilities") or {}
         notices = [{"jsonrpc": "2.0", "method": method} for name, method in LIST_CHANGED.items()
@@ -4110,24 +4384,34 @@ class HttpFront:
                                400, "session_required", JSONRPC_INVALID_REQUEST)
         caller = ModernCaller(request_meta(message), version)
         deadline = self.deadline()
-        if method == "server/discover":
-            runtime.ready_child(deadline)
-            return conn.send_reply(result_reply(message, discover_result(runtime.init_result)))
-        if method == "subscriptions/listen":
-            return self._listen(conn, request, runtime, message, caller, deadline)
+        runtime.ready_child(deadline)
         params = message.get("params") if isinstance(message.get("params"), dict) else {}
-        if method == "tools/call":
+        if method == "tools/call":  # stdio has no headers: the gateway is the one to check them
             arguments = params.get("arguments") if isinstance(params.get("arguments"), dict) else {}
             problem = param_header_problem(self.router.tool_header_params(runtime, mrtr_target(message), deadline),
                                            arguments, request.headers)
             if problem:
                 raise _mismatch(problem)
+        if runtime.era == MODERN:  # both ends speak the revision: the gateway only remaps ids
+            if method == "subscriptions/listen":
+                deadline = now() + LISTEN_DEADLINE_S
+            ticket = self.router.forward_request(runtime, message, deadline, caller)
+            return self._answer_modern(conn, request, runtime, message, caller, ticket, {}, deadline)
+        if method == "server/discover":
+            return conn.send_reply(result_reply(message, discover_result(runtime.init_result)))
+        if method == "subscriptions/listen":
+            return self._listen(conn, request, runtime, message, caller, deadline)
         pending = {}
         if "requestState" in params:
             ticket, pending = self.router.resume(message, caller)
         else:
             forwarded = dict(message, params={k: v for k, v in params.items() if k != "inputResponses"})
             ticket = self.router.forward_request(runtime, forwarded, deadline, caller)
+        return self._answer_modern(conn, request, runtime, message, caller, ticket, pending, deadline)
+
+    def _answer_modern(self, conn, request, runtime, message, caller, ticket, pending, deadline):
+        """Sends a modern call's answer: as JSON, or as the last event of its stream. From a handshake-era child
+        it is translated, and a child waiting for the caller's input makes it input_required (MRTR)."""
         parked = False
         try:
             answer = self._await_modern(conn, request, ticket, message, pending, deadline)
@@ -4136,19 +4420,23 @@ class HttpFront:
                 parked = True
                 answer = result_reply(message, {"resultType": "input_required", "inputRequests": pending,
                                                 "requestState": state})
-            else:
-                answer = modern_answer(method, answer, runtime.init_result.get("serverInfo"))
+            elif runtime.era == LEGACY:
+                answer = modern_answer(message["method"], answer, runtime.init_result.get("serverInfo"))
+            elif message["method"] == "server/discover" and isinstance(answer.get("result"), dict):
+                # what this endpoint serves: the child's revision, and the handshake ones by translation
+                answer = dict(answer, result=dict(answer["result"], supportedVersions=list(ALL_PROTOCOL_VERSIONS)))
             if conn.streamed:
                 conn.send_event(json_bytes(answer))
                 conn.end_stream()
                 return 200
-            error = answer.get("error")
-            status = 404 if isinstance(error, dict) and error.get("code") == JSONRPC_METHOD_NOT_FOUND else 200
+            error = answer.get("error") if isinstance(answer.get("error"), dict) else {}
+            status = MODERN_ERROR_STATUS.get(error.get("code"), 200)
             conn.send_json(status, answer)
             return status
         finally:
             if not parked:
                 ticket.finish("client_gone")  # no-op when the answer came; else the caller went away
+                ticket.child.cancel_call(ticket.gateway_id, "its client went away")  # no-op when it was answered
 
     def _await_modern(self, conn, request, ticket, message, pending, deadline):
         """The child's answer to a modern call, its progress streamed on the way; None when the child is waiting
@@ -4166,6 +4454,8 @@ class HttpFront:
             if answer is None:
                 if pending:
                     return None
+                if conn.peer_closed() or self.stopping.is_set():  # a long listen: its client left, or the end
+                    raise GatewayError("the stream ended before the answer", 503, "client_gone")
                 conn.send_comment("keepalive")
             elif not isinstance(answer, Interim):
                 return answer

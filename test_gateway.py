@@ -2031,10 +2031,10 @@ class ModernClientTest(unittest.TestCase):
     def addCleanup(cls, function, *args):
         cls.addClassCleanup(function, *args)
 
-    def post(self, message, headers, conn=None):
+    def post(self, message, headers, conn=None, server_id="fake"):
         """(status, [messages]) of a modern POST: its JSON body, or every message of its event stream."""
         conn = conn or self.gateway.connect()
-        conn.request("POST", "/fake/rpc", json.dumps(message), dict(headers, Authorization="Bearer " + TOKEN,
+        conn.request("POST", "/%s/rpc" % server_id, json.dumps(message), dict(headers, Authorization="Bearer " + TOKEN,
                                                                      **{"Content-Type": "application/json"}))
         response = conn.getresponse()
         self.assertIsNone(response.getheader("Mcp-Session-Id"))
@@ -2148,6 +2148,106 @@ class ModernClientTest(unittest.TestCase):
                 got_status, (reply,) = self.post(message, request_headers)
                 self.assertEqual((got_status, reply["jsonrpc"], reply["id"], reply["error"]["code"]),
                                  (status, "2.0", "m", code))
+
+
+class ModernChildTest(unittest.TestCase):
+    """Children that speak revision 2026-07-28 (the fake server's --era modern and dual), with clients of both
+    eras: handshake-era sessions are translated, modern clients pass through with ids remapped."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.gateway = GatewayProcess(cls, base_config([
+            fake_server("dual", "--era", "dual"), fake_server("modern", "--era", "modern"),
+            fake_server("held", "--era", "dual", child_protocol="legacy"),
+            fake_server("insists", child_protocol="modern", restart_policy="never")], sse_keepalive_ms=200))
+
+    @classmethod
+    def addCleanup(cls, function, *args):
+        cls.addClassCleanup(function, *args)
+
+    def child_meta(self, client):
+        return client.call("received")["structuredContent"]["meta"]
+
+    def test_the_era_each_child_speaks(self):
+        servers = {server_id: self.gateway.wait_state(server_id, "ready") for server_id in ("dual", "modern", "held")}
+        self.assertEqual({server_id: (server["protocol_era"], server["protocol_version"])
+                          for server_id, server in servers.items()},
+                         {"dual": ("modern", "2026-07-28"), "modern": ("modern", "2026-07-28"),
+                          "held": ("legacy", "2025-11-25")})
+        self.assertEqual(self.gateway.tool("pid", "held")["structuredContent"]["initializes"], 1)
+        failed = self.gateway.wait_state("insists", "failed")
+        self.assertIn("child_protocol modern", failed["last_error"])
+
+    def test_a_handshake_era_session_on_a_modern_child(self):
+        client = McpClient(self.gateway, "dual", capabilities={"elicitation": {}})
+        self.assertEqual((client.initialize_result["protocolVersion"], client.initialize_result["serverInfo"]["name"]),
+                         ("2025-06-18", "fake"))
+        result = client.call("add", a=1, b=2)
+        self.assertEqual(result["structuredContent"], {"sum": 3})
+        self.assertNotIn("resultType", result)
+        meta = self.child_meta(client)
+        self.assertEqual((meta["io.modelcontextprotocol/protocolVersion"],
+                          meta["io.modelcontextprotocol/clientCapabilities"],
+                          meta["io.modelcontextprotocol/clientInfo"]),
+                         ("2026-07-28", {"elicitation": {}}, {"name": "test-client", "version": "1"}))
+        self.assertEqual(client.post(rpc("ping", request_id=2))[2][0]["result"], {})  # the gateway answers
+        self.assertEqual(client.post(rpc("logging/setLevel", {"level": "debug"}, 3))[2][0]["result"], {})
+        self.assertEqual(self.child_meta(client)["io.modelcontextprotocol/logLevel"], "debug")
+
+    def test_input_required_becomes_a_real_request_to_the_session(self):
+        client = McpClient(self.gateway, "dual", capabilities={"elicitation": {}})
+        request, answer = answer_child_request(client, tool_call("ask", 4, method="elicitation/create",
+                                                                 params={"message": "name?"}),
+                                               {"action": "accept", "content": {"name": "Ada"}})
+        self.assertEqual((request["method"], request["params"]["message"]), ("elicitation/create", "name?"))
+        self.assertTrue(request["id"].startswith("hmg-"))
+        self.assertEqual((answer["id"], answer["result"]["structuredContent"]["response"]["result"]),
+                         (4, {"action": "accept", "content": {"name": "Ada"}}))
+        without = McpClient(self.gateway, "dual")
+        status, _, messages = without.post(tool_call("ask", 5, method="elicitation/create"))
+        self.assertEqual((status, messages[0]["error"]["code"]), (400, -32021))
+
+    def test_session_streams_and_subscriptions_are_fed_by_one_listen(self):
+        client, other = McpClient(self.gateway, "modern"), McpClient(self.gateway, "modern")
+        stream, other_stream = client.open_stream(), other.open_stream()
+        self.assertEqual(client.post(rpc("resources/subscribe", {"uri": "fake://watched"}, 2))[2][0]["result"], {})
+        wait_for(lambda: any(n["method"] == "notifications/cancelled" for n in
+                             client.call("received")["structuredContent"]["notifications"]),
+                 what="the feed to be opened again with the resource")
+        for method, params in (("notifications/resources/updated", {"uri": "fake://watched"}),
+                               ("notifications/tools/list_changed", {})):
+            client.call("notify", method=method, params=params)
+        for session_stream, updates in ((stream, 1), (other_stream, 0)):
+            events = stream_until(session_stream, lambda m: m.get("method") == "notifications/tools/list_changed")
+            heard = [m for _, m in events if not isinstance(m, str)]
+            self.assertEqual(len([m for m in heard if m["method"] == "notifications/resources/updated"]), updates)
+            self.assertNotIn("_meta", heard[-1].get("params", {}))  # the feed's tag is the gateway's own
+        hang_up(stream)
+        hang_up(other_stream)
+
+    def test_modern_clients_pass_through(self):
+        post = ModernClientTest.post
+        status, (reply,) = post(self, *modern("server/discover", request_id="d"), server_id="modern")
+        self.assertEqual(reply["result"]["supportedVersions"], list(gw.ALL_PROTOCOL_VERSIONS))
+        ask = {"name": "ask", "arguments": {"method": "sampling/createMessage", "params": {"x": 1}}}
+        status, (reply,) = post(self, *modern("tools/call", ask, 1), server_id="modern")
+        self.assertEqual((reply["result"]["resultType"], reply["result"]["requestState"]), ("input_required", "fake-state"))
+        retry = dict(ask, inputResponses={"answer": {"model": "m"}}, requestState="fake-state")
+        status, (reply,) = post(self, *modern("tools/call", retry, 2), server_id="modern")
+        self.assertEqual((status, reply["result"]["structuredContent"]["response"]["result"]), (200, {"model": "m"}))
+        message, headers = modern("subscriptions/listen", {"notifications": {"toolsListChanged": True}}, "mine")
+        conn = self.gateway.connect()
+        conn.request("POST", "/modern/rpc", json.dumps(message), dict(headers, Authorization="Bearer " + TOKEN))
+        stream = conn.getresponse()
+        stream.connection = conn
+        ack = read_sse(stream, until=lambda m: not isinstance(m, str))[-1][1]
+        self.assertEqual((ack["method"], ack["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"]),
+                         ("notifications/subscriptions/acknowledged", "mine"))
+        self.gateway.tool("notify", "modern", method="notifications/tools/list_changed", params={})
+        changed = stream_until(stream, lambda m: m.get("method") == "notifications/tools/list_changed")[-1][1]
+        self.assertEqual(changed["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"], "mine")
+        hang_up(stream)
+        wait_for(lambda: self.gateway.servers()["modern"]["calls_in_flight"] == 1, what="the listen to be cancelled")
 
 
 # Telemetry: OTEL_* settings, OTLP/HTTP JSON export, trace context, Prometheus ------------------------------------

@@ -13,6 +13,13 @@ Flags:
   --name NAME           serverInfo.name (default "fake")
   --stubborn            ignore SIGTERM, and keep running after stdin ends (only SIGKILL stops it)
   --list-changed-burst N  after answering initialize, send notifications/tools/list_changed N times
+  --era ERA             legacy (default: the handshake; server/discover is unknown) | modern (revision
+                        2026-07-28 only: initialize gets -32022) | dual (the first message fixes the era)
+
+In the modern era every request must carry params._meta with the revision (else -32602); results carry
+resultType; `ask` answers input_required (inputRequests {"answer": ...}, requestState "fake-state") until a
+retry brings inputResponses.answer; subscriptions/listen acknowledges and then gets `notify`'s list_changed and
+resources/updated notifications, tagged with its id, until cancelled; `received` also reports the last _meta.
 
 Methods: initialize, ping, tools/list, tools/call, resources/list,
 resources/subscribe, resources/unsubscribe, prompts/list; anything else is
@@ -81,9 +88,15 @@ def notify(method: str, params: Any) -> None:
 
 
 class RpcError(Exception):
-    def __init__(self, code: int, message: str) -> None:
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
         super().__init__(message)
-        self.code, self.message = code, message
+        self.code, self.message, self.data = code, message, data
+
+
+MODERN = "2026-07-28"
+_listeners: set = set()  # ids of open subscriptions/listen requests (modern era)
+LISTENED = ("notifications/tools/list_changed", "notifications/prompts/list_changed",
+            "notifications/resources/list_changed", "notifications/resources/updated")
 
 
 def text_result(text: str, structured: Any = None) -> dict:
@@ -160,7 +173,13 @@ def call_tool(params: dict) -> dict | None:
             count = _counters["initializes"]
         return text_result(str(os.getpid()), {"pid": os.getpid(), "initializes": count})
     if name == "notify":
-        notify(args["method"], args.get("params") or {})
+        params = args.get("params") or {}
+        with _state:
+            listeners = list(_listeners) if _counters.get("era") == "modern" and args["method"] in LISTENED else None
+        if listeners is None:
+            notify(args["method"], params)
+        for listener in listeners or ():
+            notify(args["method"], dict(params, _meta={"io.modelcontextprotocol/subscriptionId": listener}))
         return text_result("notified")
     if name == "progress":
         token, steps = (meta or {}).get("progressToken"), int(args["steps"])
@@ -185,7 +204,7 @@ def call_tool(params: dict) -> dict | None:
         with _state:
             data = {"notifications": list(_notifications),
                     "subscriptions": list(_subscriptions),
-                    "initialize": _counters.get("initialize_params")}
+                    "initialize": _counters.get("initialize_params"), "meta": _counters.get("last_meta")}
         return text_result("received", data)
     if name == "located":
         return text_result(args["region"], args)
@@ -236,15 +255,66 @@ def handle_request(method: str, params: dict) -> Any:
     raise RpcError(-32601, "method not found: %s" % method)
 
 
+def settle_era(method: str) -> str:
+    """The era of this process: a dual-era server takes the one of its first message."""
+    with _state:
+        if "era" not in _counters:
+            _counters["era"] = ARGS.era if ARGS.era != "dual" else ("legacy" if method == "initialize" else "modern")
+        return _counters["era"]
+
+
+def handle_modern(msg: dict) -> Any:
+    """A request in the modern era; None means "do not answer (yet)"."""
+    method, params = msg["method"], msg.get("params") or {}
+    if method == "initialize":
+        raise RpcError(-32022, "this server speaks only revision " + MODERN,
+                       {"supported": [MODERN], "requested": params.get("protocolVersion")})
+    meta = params.get("_meta") or {}
+    if meta.get("io.modelcontextprotocol/protocolVersion") != MODERN:
+        raise RpcError(-32602, "params._meta must name revision " + MODERN)
+    with _state:
+        _counters["last_meta"] = meta
+    if method == "server/discover":
+        legacy = handle_request("initialize", {"protocolVersion": "2025-11-25"})
+        return {"supportedVersions": [MODERN], "capabilities": legacy["capabilities"],
+                "instructions": legacy["instructions"], "_meta": {"io.modelcontextprotocol/serverInfo":
+                                                                  legacy["serverInfo"]}}
+    if method in ("ping", "logging/setLevel", "resources/subscribe", "resources/unsubscribe"):
+        raise RpcError(-32601, "method not found: %s" % method)
+    if method == "subscriptions/listen":
+        with _state:
+            _listeners.add(msg["id"])
+        notify("notifications/subscriptions/acknowledged", {
+            "_meta": {"io.modelcontextprotocol/subscriptionId": msg["id"]}, "notifications": params.get("notifications")})
+        return None
+    if method == "tools/call" and params.get("name") == "ask":
+        answer = (params.get("inputResponses") or {}).get("answer")
+        if answer is None:
+            return {"resultType": "input_required", "requestState": "fake-state",
+                    "inputRequests": {"answer": {"method": params["arguments"]["method"],
+                                                 "params": params["arguments"].get("params") or {}}}}
+        if params.get("requestState") != "fake-state":
+            raise RpcError(-32602, "requestState tampered")
+        return text_result("asked", {"response": {"result": answer}})
+    return handle_request(method, params)
+
+
 def serve_request(msg: dict) -> None:
     reply: dict = {"jsonrpc": "2.0", "id": msg["id"]}
     try:
-        result = handle_request(msg["method"], msg.get("params") or {})
+        if settle_era(msg["method"]) == "modern":
+            result = handle_modern(msg)
+            if result is not None:
+                result.setdefault("resultType", "complete")
+        else:
+            result = handle_request(msg["method"], msg.get("params") or {})
         if result is None:
             return
         reply["result"] = result
     except RpcError as exc:
         reply["error"] = {"code": exc.code, "message": exc.message}
+        if exc.data is not None:
+            reply["error"]["data"] = exc.data
     except Exception as exc:  # a bad argument, say
         reply["error"] = {"code": -32603, "message": "%s: %s" % (type(exc).__name__, exc)}
     send(reply)
@@ -266,6 +336,8 @@ def dispatch(line: bytes) -> None:
     elif "method" in msg:
         with _state:
             _notifications.append({"method": msg["method"], "params": msg.get("params")})
+            if msg["method"] == "notifications/cancelled":  # the end of a subscriptions/listen, among others
+                _listeners.discard((msg.get("params") or {}).get("requestId"))
     elif "id" in msg:
         with _state:
             _responses[msg["id"]] = msg
@@ -282,6 +354,7 @@ def main() -> None:
     parser.add_argument("--name", default="fake")
     parser.add_argument("--stubborn", action="store_true")
     parser.add_argument("--list-changed-burst", type=int, default=0, metavar="N")
+    parser.add_argument("--era", choices=("legacy", "modern", "dual"), default="legacy")
     ARGS = parser.parse_args()
     if ARGS.stubborn:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
