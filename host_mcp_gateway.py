@@ -158,7 +158,7 @@ def current_span():
     return getattr(_active, "span", None)
 
 
-_SECRET_KEYS = frozenset({"authorization", "auth_token", "token", "env"})
+_SECRET_KEYS = frozenset({"authorization", "auth_token", "auth_tokens", "token", "env"})
 
 
 class Logger:
@@ -452,6 +452,83 @@ def _check_auth_token(value):
     return None
 
 
+TOKEN_ENV = "HOST_MCP_GATEWAY_TOKEN"
+TOKEN_SOURCES = ("auth_token", "auth_token_file", "auth_tokens", TOKEN_ENV)  # exactly one gives the tokens
+DEFAULT_TOKEN_NAME = "default"  # what a single token is called in logs, spans and /servers
+# A token's name goes into log lines, span attributes and /servers: short, and safe in all three.
+TOKEN_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
+
+
+def readable_by_others(path):
+    """Whether the group or other users may read the file."""
+    return bool(os.stat(path).st_mode & (stat.S_IRGRP | stat.S_IROTH))
+
+
+def read_token_file(path):
+    """(token, None) from a token file, its trailing newline stripped, or (None, problem). A file others may
+    read is refused: the token is the only credential."""
+    try:
+        if readable_by_others(path):
+            return None, "%s is readable by other users; run: chmod 600 %s" % (path, path)
+        with open(path, "rb") as f:
+            token = f.read().decode("utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as e:
+        return None, "cannot read %s: %s" % (path, getattr(e, "strerror", None) or e)
+    problem = _check_auth_token(token)
+    return (None, "%s %s" % (path, problem)) if problem else (token, None)
+
+
+def named_token_problems(value):
+    """What is wrong with an auth_tokens list, each problem with its path."""
+    if not isinstance(value, list) or not value:
+        return ['auth_tokens: must be a non-empty list of {"name": ..., "token": ...} objects']
+    problems, names, tokens = [], set(), set()
+    for index, entry in enumerate(value):
+        where = "auth_tokens[%d]" % index
+        if not isinstance(entry, dict) or set(entry) != {"name", "token"}:
+            problems.append('%s: must be an object with exactly "name" and "token"' % where)
+            continue
+        name, token = entry["name"], entry["token"]
+        if not (isinstance(name, str) and TOKEN_NAME_RE.match(name)):
+            problems.append("%s.name: must be 1 to 64 letters, digits, '.', '_' or '-'" % where)
+        elif name in names:
+            problems.append("%s.name: duplicate name '%s'" % (where, name))
+        problem = _check_auth_token(token)
+        if problem:
+            problems.append("%s.token: %s" % (where, problem))
+        elif token in tokens:
+            problems.append("%s.token: the same token as another entry; each client needs its own" % where)
+        names.add(name)
+        tokens.add(token)
+    return problems
+
+
+def resolve_tokens(values, environ, config_dir, errors):
+    """([(name, token)], source) from the one token source the config and environment give; problems go to
+    `errors`. The file is read here, so --check and every start (and reload) see the same token."""
+    given = [key for key in TOKEN_SOURCES[:3] if values[key] is not None] + [
+        key for key in TOKEN_SOURCES[3:] if key in environ]
+    if len(given) != 1:
+        errors.append("token: %s" % ("no token source; set one of " + ", ".join(TOKEN_SOURCES) if not given else
+                                     " and ".join(given) + " each give a token; keep exactly one"))
+        return [], None
+    source = given[0]
+    if source == "auth_token":
+        return [(DEFAULT_TOKEN_NAME, values["auth_token"])], source
+    if source == "auth_tokens":
+        problems = named_token_problems(values["auth_tokens"])
+        errors.extend(problems)
+        return ([] if problems else [(entry["name"], entry["token"]) for entry in values["auth_tokens"]]), source
+    if source == TOKEN_ENV:
+        token, problem = environ[TOKEN_ENV], _check_auth_token(environ[TOKEN_ENV])
+    else:
+        token, problem = read_token_file(os.path.join(config_dir, os.path.expanduser(values["auth_token_file"])))
+    if problem:
+        errors.append("%s: %s" % (source, problem))
+        return [], source
+    return [(DEFAULT_TOKEN_NAME, token)], source
+
+
 class Field:
     """One config key: its default (REQUIRED when it has none), its check, and its line in README's table."""
     REQUIRED = object()
@@ -465,7 +542,13 @@ class Field:
 CONFIG_FIELDS = {
     "bind_host": Field("127.0.0.1", _check_bind_host, "address to listen on; IPv4 or IPv6, `::` for all"),
     "bind_port": Field(DEFAULT_PORT, _check_port, "port to listen on; 0 picks a free one and logs it"),
-    "auth_token": Field(Field.REQUIRED, _check_auth_token, "bearer token every request must carry (>= 32 chars)"),
+    "auth_token": Field(None, _check_auth_token, "bearer token every request must carry (>= 32 chars); one of "
+                        "the four token sources"),
+    "auth_token_file": Field(None, _check_nonempty_string,
+                             "file holding the token, mode 0600 (relative to the config's folder), so the config "
+                             "can be shown without it"),
+    "auth_tokens": Field(None, None, 'named tokens, one per client (`[{"name": "laptop", "token": "..."}]`), so that '
+                         "one can be revoked alone; the name shows in logs and `/servers`"),
     "allowed_clients": Field(Field.REQUIRED, _check_clients,
                              "client IPs or CIDRs allowed to connect; `localhost` = 127.0.0.0/8 and ::1"),
     "allowed_origins": Field([], _check_origins,
@@ -570,12 +653,18 @@ class ServerSpec:
 class Config:
     """The whole validated config. Values keep the names of the JSON keys."""
 
-    def __init__(self, values, servers, path=None):
+    def __init__(self, values, servers, path=None, tokens=(), token_source=None):
         for key in CONFIG_FIELDS:
             if key != "servers":
                 setattr(self, key, values[key])
         self.servers = servers
         self.path = path
+        self.tokens = list(tokens)  # [(name, token)] every request is checked against
+        self.token_source = token_source  # which of TOKEN_SOURCES gave them
+
+    @property
+    def token_names(self):
+        return [name for name, _ in self.tokens]
 
 
 def unknown_key_hint(key, fields, aliases):
@@ -622,8 +711,9 @@ def _check_server_id(value, seen):
     return None
 
 
-def validate_config(raw, path=None):
-    """Returns a Config or raises ConfigError listing every problem, each with its JSON path."""
+def validate_config(raw, path=None, environ=None):
+    """Returns a Config or raises ConfigError listing every problem, each with its JSON path. `environ` is where
+    the token may come from (TOKEN_ENV); None: nowhere."""
     if not isinstance(raw, dict):
         raise ConfigError(["config: must be a JSON object"])
     errors = []
@@ -658,9 +748,11 @@ def validate_config(raw, path=None):
             problem = Allowlist.entry_problem(entry)
             if problem:
                 errors.append("allowed_clients[%d]: %s" % (index, problem))
+    tokens, token_source = resolve_tokens(values, environ or {}, os.path.dirname(os.path.abspath(path or ".")),
+                                          errors)
     if errors:
         raise ConfigError(errors)
-    return Config(values, servers, path)
+    return Config(values, servers, path, tokens, token_source)
 
 
 def describe_json_error(error):
@@ -675,13 +767,14 @@ def describe_json_error(error):
     return where
 
 
-def load_config(path):
-    """Reads and validates the config file; returns (Config, warnings) or raises ConfigError."""
+def load_config(path, environ=None):
+    """Reads and validates the config file, with the token environment variable of `environ` (default
+    os.environ); returns (Config, warnings) or raises ConfigError."""
     path = os.path.expanduser(path)
     try:
         with open(path, "rb") as f:
             text = f.read().decode("utf-8")
-        mode = os.stat(path).st_mode
+        shared = readable_by_others(path)
     except FileNotFoundError:
         raise ConfigError(["%s: no such file; create one with --init" % path]) from None
     except (OSError, UnicodeDecodeError) as e:
@@ -690,9 +783,9 @@ def load_config(path):
         raw = json.loads(text)
     except json.JSONDecodeError as e:
         raise ConfigError(["%s: %s" % (path, describe_json_error(e))]) from None
-    config = validate_config(raw, path)
+    config = validate_config(raw, path, os.environ if environ is None else environ)
     warnings = []
-    if mode & (stat.S_IRGRP | stat.S_IROTH):
+    if shared and config.token_source in ("auth_token", "auth_tokens"):  # the others keep it out of the file
         warnings.append("%s is readable by other users and holds the token; run: chmod 600 %s" % (path, path))
     return config, warnings
 
@@ -1562,6 +1655,7 @@ class ChildProcess:
     def start(self):
         spec = self.spec
         env = dict(os.environ)
+        env.pop(TOKEN_ENV, None)  # the gateway's credential is none of its servers' business
         env.update(spec.env)
         working_dir = os.path.expanduser(spec.working_dir) if spec.working_dir else None
         try:
@@ -2140,6 +2234,7 @@ class Session:
         self.capabilities = capabilities if isinstance(capabilities, dict) else {}
         self.client = client_label(params)
         self.opened_by = opened_by  # "initialize", or "GET" for a stream opened without a session
+        self.token_name = None  # the name of the token it was opened with, for /servers
         self.protocol_version = None  # negotiated at initialize
         self.subscriptions = set()  # resource uris it subscribed to (Router._lock)
         self.opened_at = self.last_seen = now()
@@ -2257,7 +2352,8 @@ class Session:
         """What /servers shows of it."""
         return {"session": self.label, "client": self.client, "protocol_version": self.protocol_version,
                 "opened_by": self.opened_by, "age_s": round(now() - self.opened_at, 3),
-                "idle_s": round(now() - self.last_seen, 3), "used": self.used, "stream_open": self.streaming}
+                "idle_s": round(now() - self.last_seen, 3), "used": self.used, "stream_open": self.streaming,
+                "token_name": self.token_name}
 
 
 class SessionStore:
@@ -3141,6 +3237,7 @@ class Connection(socketserver.BaseRequestHandler):
         self.response_headers = []  # added to every response to the current request (CORS)
         self.head = False  # the current request is a HEAD: responses carry no body
         self.streamed = False  # the current response is an event stream that has begun
+        self.token_name = None  # the name of the token the current request carries, once it is checked
         self._chunked = True  # an event stream is sent in chunks (HTTP/1.1) or ended by closing (HTTP/1.0)
         self._buffer = bytearray()
         self._timeout = None  # the socket's current timeout
@@ -3289,8 +3386,7 @@ class HttpFront:
         self.router = router
         self.telemetry = telemetry
         self.allowlist = Allowlist(config.allowed_clients)
-        # (name, token): named so that calls are counted per token, and more tokens need no other change here
-        self.tokens = [("default", config.auth_token)]
+        self.tokens = config.tokens  # [(name, token)]: calls are counted, and requests logged, per name
         self.calls = Slots({"client": config.max_calls_per_client, "token": config.max_calls_per_token})
         self.refusals = RefusalLog()
         self.connection_slots = Slots({"total": config.max_connections, "client": config.max_connections_per_client})
@@ -3326,7 +3422,7 @@ class HttpFront:
     def serve(self, conn, head):
         started = now()
         request, route, server_id, status, outcome, span = None, None, None, 0, "ok", NO_SPAN
-        conn.head, token = False, None
+        conn.head, conn.token_name, token = False, None, None
         try:
             request = parse_head(head)
             if self.telemetry.tracing:
@@ -3349,10 +3445,11 @@ class HttpFront:
                 if request.method == "OPTIONS" and "access-control-request-method" in request.headers:
                     status = self._preflight(conn, request)
                     return
-            token = token_name(request.headers.get("authorization"), self.tokens)
+            token = conn.token_name = token_name(request.headers.get("authorization"), self.tokens)
             if token is None:
                 raise GatewayError("missing or wrong bearer token", 401, "unauthorized",
                                    headers=[("WWW-Authenticate", 'Bearer realm="host-mcp-gateway"')])
+            span.set("host_mcp_gateway.token.name", token)
             name, server_id, methods = match_route(request.path, self.runtimes)
             route = ROUTE_TEMPLATES[name]
             span.name = "%s %s" % (request.method, route)
@@ -3395,7 +3492,8 @@ class HttpFront:
             if token is not None or status < 400 or self.refusals.allow(conn.client):
                 self.log.info("http_request", method=request.method if request else None,
                               path=request.path if request else None, status=status,
-                              duration_ms=round(duration * 1000, 3), client=conn.client, server_id=server_id)
+                              duration_ms=round(duration * 1000, 3), client=conn.client, server_id=server_id,
+                              token_name=token)
             _active.span = None
 
     def _run(self, conn, request, body, name, server_id, token):
@@ -3523,6 +3621,7 @@ class HttpFront:
             method = payload.get("method") if isinstance(payload, dict) else None
             if method == "initialize" and classify(payload)[0] == REQUEST:
                 session, reply = self.router.open_session(runtime, payload, self.deadline())
+                session.token_name = conn.token_name
                 conn.send_json(200, reply, headers=[("Mcp-Session-Id", session.id)])
                 return 200
             if method == "server/discover":  # the probe carries its own protocol version: answer it first
@@ -3617,6 +3716,7 @@ class HttpFront:
         session = self._session(request, runtime, server_id)
         if session is None:
             session = self.router.open_stream_session(runtime, request.headers.get("mcp-protocol-version"))
+            session.token_name = conn.token_name
         cursor = int(last_event_id) if last_event_id else session.delivered_id
         if not session.open_stream(conn):
             raise GatewayError("this session already has an open event stream", 409, "stream_conflict")
@@ -3769,7 +3869,8 @@ class Gateway:
         self._accept_thread.start()
         self.router.start()
         self.telemetry.start()
-        self.log.info("listening", host=host, port=self.port, version=VERSION, servers=list(self.runtimes))
+        self.log.info("listening", host=host, port=self.port, version=VERSION, servers=list(self.runtimes),
+                      token_source=self.config.token_source, token_names=self.config.token_names)
         for runtime in self.runtimes.values():
             if runtime.spec.autostart:
                 runtime.start()
@@ -3925,8 +4026,9 @@ def check_config(config, warnings):
         print("error: " + line, file=sys.stderr)
     if errors:
         return 2
-    print("%s: OK, %d server(s): %s" % (config.path, len(config.servers),
-                                        ", ".join(spec.server_id for spec in config.servers)))
+    print("%s: OK, %d server(s): %s; token from %s (%s)" % (
+        config.path, len(config.servers), ", ".join(spec.server_id for spec in config.servers), config.token_source,
+        ", ".join(config.token_names)))
     return 0
 
 

@@ -30,6 +30,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 GATEWAY = os.path.join(HERE, "host_mcp_gateway.py")
 FAKE_SERVER = os.path.join(HERE, "tests", "fake_mcp_server.py")
 TOKEN = "test-token-0123456789abcdef0123456789abcdef"
+PHONE_TOKEN = "phone-token-0123456789abcdef0123456789abcdef"
 TIMEOUT = 10.0  # every blocking call in a test gives up after this, so a failure is quick and clear
 
 
@@ -75,6 +76,14 @@ def base_config(servers, **overrides):
     return config
 
 
+def token_config(servers=None, **keys):
+    """base_config with the token source given by `keys` instead of auth_token."""
+    config = base_config(servers or [fake_server()])
+    del config["auth_token"]
+    config.update(keys)
+    return config
+
+
 def rpc(method, params=None, request_id=1):
     message = {"jsonrpc": "2.0", "id": request_id, "method": method}
     if params is not None:
@@ -89,7 +98,7 @@ def tool_call(name, request_id=1, **arguments):
 class GatewayProcess:
     """A real gateway process on port 0, its JSON log lines collected as they arrive."""
 
-    def __init__(self, testcase, config):
+    def __init__(self, testcase, config, env=None):
         self.folder = tempfile.mkdtemp(prefix="hmg-test-")
         self.config_path = os.path.join(self.folder, "config.json")
         with open(self.config_path, "w") as f:
@@ -99,7 +108,7 @@ class GatewayProcess:
         self.raw_stderr = []
         self._connections = []
         self._cond = threading.Condition()
-        self.proc = subprocess.Popen([sys.executable, GATEWAY, "-config", self.config_path],
+        self.proc = subprocess.Popen([sys.executable, GATEWAY, "-config", self.config_path], env=env,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self._reader = threading.Thread(target=self._read_logs, daemon=True)
         self._reader.start()
@@ -257,7 +266,8 @@ class ConfigValidationTest(unittest.TestCase):
     def test_each_problem_is_reported_with_its_path(self):
         good_server = {"server_id": "a", "command": "x"}
         cases = [
-            ({"auth_token": None}, "auth_token: required"),
+            ({"auth_token": None}, "token: no token source; set one of auth_token, auth_token_file, auth_tokens, "
+                                   "HOST_MCP_GATEWAY_TOKEN"),
             ({"allowed_clients": None}, "allowed_clients: required"),
             ({"servers": None}, "servers: required"),
             ({"servers": []}, "servers: must be a non-empty list"),
@@ -414,6 +424,66 @@ class AllowlistTest(unittest.TestCase):
 
 
 class TokenTest(unittest.TestCase):
+    def test_each_request_is_named_by_the_token_it_carries(self):
+        tokens = [("laptop", TOKEN), ("phone", PHONE_TOKEN)]
+        for header, name in [("Bearer " + TOKEN, "laptop"), ("Bearer " + PHONE_TOKEN, "phone"),
+                             ("Bearer " + TOKEN[:-1], None), (None, None)]:
+            with self.subTest(header=header):
+                self.assertEqual(gw.token_name(header, tokens), name)
+
+    def test_sources(self):
+        folder = tempfile.mkdtemp(prefix="hmg-token-")
+        files = {"private": (TOKEN + "\n", 0o600), "shared": (TOKEN, 0o640), "crlf": (TOKEN + "\r\n", 0o600),
+                 "short": ("abc\n", 0o600), "spaced": (" " + TOKEN, 0o600)}
+        for name, (text, mode) in files.items():
+            with open(os.path.join(folder, name), "w") as f:
+                f.write(text)
+            os.chmod(os.path.join(folder, name), mode)
+        named = [{"name": "laptop", "token": TOKEN}, {"name": "phone", "token": PHONE_TOKEN}]
+        env = {gw.TOKEN_ENV: TOKEN}
+        ok = [({"auth_token": TOKEN}, {}, "auth_token", ["default"]),
+              ({"auth_token_file": "private"}, {}, "auth_token_file", ["default"]),
+              ({"auth_token_file": os.path.join(folder, "crlf")}, {}, "auth_token_file", ["default"]),
+              ({"auth_tokens": named}, {}, "auth_tokens", ["laptop", "phone"]),
+              ({}, env, gw.TOKEN_ENV, ["default"])]
+        for keys, environ, source, names in ok:
+            with self.subTest(keys=keys, environ=environ):
+                config = gw.validate_config(token_config(**keys),
+                                            os.path.join(folder, "config.json"), environ)
+                self.assertEqual((config.token_source, config.token_names), (source, names))
+                self.assertIn(TOKEN, [token for _, token in config.tokens])
+        bad = [({"auth_token": TOKEN}, env, "token: auth_token and HOST_MCP_GATEWAY_TOKEN each give a token; "
+                                            "keep exactly one"),
+               ({"auth_token": TOKEN, "auth_tokens": named}, {}, "token: auth_token and auth_tokens each give"),
+               ({}, {}, "token: no token source; set one of auth_token, auth_token_file, auth_tokens, "
+                        "HOST_MCP_GATEWAY_TOKEN"),
+               ({"auth_token_file": "shared"}, {}, "auth_token_file: %s is readable by other users; run: chmod 600 %s"
+                % ((os.path.join(folder, "shared"),) * 2)),
+               ({"auth_token_file": "missing"}, {}, "auth_token_file: cannot read %s: No such file" % os.path.join(
+                   folder, "missing")),
+               ({"auth_token_file": "short"}, {}, "auth_token_file: %s must be at least 32 characters" % os.path.join(
+                   folder, "short")),
+               ({"auth_token_file": "spaced"}, {}, "auth_token_file: %s has leading or trailing whitespace"
+                % os.path.join(folder, "spaced")),
+               ({"auth_token_file": ""}, {}, "auth_token_file: must be a non-empty string"),
+               ({}, {gw.TOKEN_ENV: "short"}, "HOST_MCP_GATEWAY_TOKEN: must be at least 32 characters"),
+               ({"auth_tokens": []}, {}, "auth_tokens: must be a non-empty list"),
+               ({"auth_tokens": [{"name": "a", "token": TOKEN, "extra": 1}]}, {}, 'auth_tokens[0]: must be an object '
+                                                                                 'with exactly "name" and "token"'),
+               ({"auth_tokens": [{"name": "a b", "token": TOKEN}]}, {}, "auth_tokens[0].name: must be 1 to 64"),
+               ({"auth_tokens": [named[0], dict(named[1], name="laptop")]}, {}, "auth_tokens[1].name: duplicate "
+                                                                                "name 'laptop'"),
+               ({"auth_tokens": [named[0], dict(named[1], token=TOKEN)]}, {}, "auth_tokens[1].token: the same token"),
+               ({"auth_tokens": [dict(named[0], token="replace-me" * 4)]}, {}, "auth_tokens[0].token: still holds "
+                                                                              "the placeholder")]
+        for keys, environ, expected in bad:
+            with self.subTest(keys=keys, environ=environ):
+                with self.assertRaises(gw.ConfigError) as caught:
+                    gw.validate_config(token_config(**keys),
+                                       os.path.join(folder, "config.json"), environ)
+                self.assertTrue(any(m.startswith(expected) for m in caught.exception.messages),
+                                caught.exception.messages)
+
     def test_table(self):
         cases = [("Bearer " + TOKEN, True), ("bearer " + TOKEN, True), ("Bearer  " + TOKEN, True),
                  ("Bearer " + TOKEN + "x", False), ("Bearer " + TOKEN[:-1], False), ("Basic " + TOKEN, False),
@@ -613,6 +683,22 @@ class CliTest(unittest.TestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn("OK, 1 server(s): ok", result.stdout)
         self.assertIn("chmod 600", result.stderr)
+
+    def test_a_token_file_others_can_read_is_refused_with_the_fix(self):
+        token_file = os.path.join(self.folder, "token")
+        with open(token_file, "w") as f:
+            f.write(TOKEN + "\n")
+        os.chmod(token_file, 0o644)
+        path = self.write_config(token_config(auth_token_file=token_file))
+        for args in (["--check", "-config", path], ["-config", path]):
+            with self.subTest(args=args):
+                result = run_cli(*args)
+                self.assertEqual(result.returncode, 2, result.stderr)
+                self.assertIn("chmod 600 " + token_file, result.stderr)
+        os.chmod(token_file, 0o600)
+        result = run_cli("--check", "-config", path)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("token from auth_token_file (default)", result.stdout)
 
     def test_check_notes_commands_a_launch_agent_would_not_find(self):
         folder = os.path.join(self.folder, "bin")
@@ -973,6 +1059,44 @@ class AccessRuleTest(unittest.TestCase):
         status, reply = hung.result(TIMEOUT)
         self.assertEqual((status, reply["error"]["data"]["error_code"]), (200, "server_unavailable"))
         self.assertIn("the gateway is stopping", reply["error"]["message"])
+
+
+class TokenSourceTest(unittest.TestCase):
+    def test_named_tokens_are_checked_counted_and_shown_by_name(self):
+        named = [{"name": "laptop", "token": TOKEN}, {"name": "phone", "token": PHONE_TOKEN}]
+        gateway = GatewayProcess(self, token_config(auth_tokens=named, max_calls_per_token=1))
+        listening = gateway.wait_log(lambda r: r.get("event") == "listening")
+        self.assertEqual((listening["token_source"], listening["token_names"]), ("auth_tokens", ["laptop", "phone"]))
+        self.assertEqual(gateway.request("GET", "/servers", token=PHONE_TOKEN)[0], 200)
+        self.assertEqual(gateway.request("GET", "/servers", token=PHONE_TOKEN[:-1] + "x")[0], 401)
+        client = McpClient(gateway)  # with the laptop's token
+        sessions = gateway.servers()["fake"]["sessions"]
+        self.assertEqual([s["token_name"] for s in sessions], ["laptop"])
+        for name in ("laptop", "phone"):
+            gateway.wait_log(lambda r: r.get("event") == "http_request" and r.get("token_name") == name)
+        self.assertFalse([r for r in gateway.logs if TOKEN in json.dumps(r) or PHONE_TOKEN in json.dumps(r)])
+        pool = ThreadPoolExecutor(1)
+        self.addCleanup(pool.shutdown)
+        marker = {"jsonrpc": "2.0", "method": "notifications/marker"}
+        hung = pool.submit(gateway.call, "fake", [marker, tool_call("hang")])
+        wait_for(lambda: any(n["method"] == marker["method"] for n in gateway.call(
+            "fake", tool_call("received"), token=PHONE_TOKEN)[1]["result"]["structuredContent"]["notifications"]),
+            what="the laptop's call to be in flight")
+        status, body = gateway.call("fake", tool_call("echo", text="x"))
+        self.assertEqual((status, body["error"]["error_code"]), (429, "too_many_requests"))
+        self.assertEqual(gateway.call("fake", tool_call("echo", text="x"), token=PHONE_TOKEN)[0], 200)
+        client.delete()
+        gateway.stop()
+        self.assertEqual(hung.result(TIMEOUT)[0], 200)  # answered: the gateway stopped
+
+    def test_token_from_the_environment_is_kept_from_children(self):
+        gateway = GatewayProcess(self, token_config(), env=dict(os.environ, **{gw.TOKEN_ENV: TOKEN}))
+        self.assertEqual(gateway.wait_log(lambda r: r.get("event") == "listening")["token_source"], gw.TOKEN_ENV)
+        pid = gateway.tool("pid")["structuredContent"]["pid"]
+        if not os.path.exists("/proc/%d/environ" % pid):
+            return  # where /proc is missing, the request above shows the variable was read
+        with open("/proc/%d/environ" % pid, "rb") as f:
+            self.assertNotIn(gw.TOKEN_ENV.encode(), f.read())
 
 
 # Child bridge: ids, batches, handshake, notifications ---------------------------------------------------------------
