@@ -49,6 +49,7 @@ import shutil
 import signal
 import socket
 import socketserver
+import ssl
 import stat
 import subprocess
 import sys
@@ -459,6 +460,11 @@ DEFAULT_TOKEN_NAME = "default"  # what a single token is called in logs, spans a
 TOKEN_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
 
 
+def config_file_path(config_dir, value):
+    """A file a config names: `~` expanded, relative to the config's folder."""
+    return os.path.join(config_dir, os.path.expanduser(value))
+
+
 def readable_by_others(path):
     """Whether the group or other users may read the file."""
     return bool(os.stat(path).st_mode & (stat.S_IRGRP | stat.S_IROTH))
@@ -522,7 +528,7 @@ def resolve_tokens(values, environ, config_dir, errors):
     if source == TOKEN_ENV:
         token, problem = environ[TOKEN_ENV], _check_auth_token(environ[TOKEN_ENV])
     else:
-        token, problem = read_token_file(os.path.join(config_dir, os.path.expanduser(values["auth_token_file"])))
+        token, problem = read_token_file(config_file_path(config_dir, values["auth_token_file"]))
     if problem:
         errors.append("%s: %s" % (source, problem))
         return [], source
@@ -549,6 +555,9 @@ CONFIG_FIELDS = {
                              "can be shown without it"),
     "auth_tokens": Field(None, None, 'named tokens, one per client (`[{"name": "laptop", "token": "..."}]`), so that '
                          "one can be revoked alone; the name shows in logs and `/servers`"),
+    "tls_cert_file": Field(None, _check_nonempty_string,
+                           "PEM certificate (chain) to serve HTTPS with, TLS 1.2 or newer; with tls_key_file"),
+    "tls_key_file": Field(None, _check_nonempty_string, "PEM private key of tls_cert_file"),
     "allowed_clients": Field(Field.REQUIRED, _check_clients,
                              "client IPs or CIDRs allowed to connect; `localhost` = 127.0.0.0/8 and ::1"),
     "allowed_origins": Field([], _check_origins,
@@ -748,11 +757,17 @@ def validate_config(raw, path=None, environ=None):
             problem = Allowlist.entry_problem(entry)
             if problem:
                 errors.append("allowed_clients[%d]: %s" % (index, problem))
-    tokens, token_source = resolve_tokens(values, environ or {}, os.path.dirname(os.path.abspath(path or ".")),
-                                          errors)
+    if (values["tls_cert_file"] is None) != (values["tls_key_file"] is None):
+        errors.append("tls_cert_file, tls_key_file: give both (HTTPS) or neither (HTTP)")
+    tokens, token_source = resolve_tokens(values, environ or {}, config_folder(path), errors)
     if errors:
         raise ConfigError(errors)
     return Config(values, servers, path, tokens, token_source)
+
+
+def config_folder(path):
+    """The folder relative file names in a config are taken from: the config file's."""
+    return os.path.dirname(os.path.abspath(path or "."))
 
 
 def describe_json_error(error):
@@ -3223,6 +3238,34 @@ def refuse_at_accept(sock, error):
         pass
 
 
+def tls_context(config):
+    """The TLS server context of a config (TLS 1.2 or newer), or None when it serves plain HTTP. Raises
+    ConfigError when a file cannot be read or the key is not the certificate's: --check and start say the same."""
+    if config.tls_cert_file is None:
+        return None
+    folder = config_folder(config.path)
+    cert, key = (config_file_path(folder, value) for value in (config.tls_cert_file, config.tls_key_file))
+    for name, path in (("tls_cert_file", cert), ("tls_key_file", key)):
+        if not os.path.isfile(path):
+            raise ConfigError(["%s: %s does not exist" % (name, path)])
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except ssl.SSLError as e:
+        if e.reason == "KEY_VALUES_MISMATCH":
+            raise ConfigError(["tls_key_file: %s is not the private key of the certificate in %s" % (key, cert)])
+        raise ConfigError(["tls_cert_file, tls_key_file: cannot load %s and %s as PEM: %s" % (
+            cert, key, e.reason or e)]) from None
+    except OSError as e:
+        raise ConfigError(["tls_cert_file, tls_key_file: cannot read %s and %s: %s" % (
+            cert, key, e.strerror or e)]) from None
+    return context
+
+
+TLS_HANDSHAKE_RECORD = b"\x16"  # the first byte a TLS client sends; a plain HTTP request starts with a letter
+
+
 class Connection(socketserver.BaseRequestHandler):
     """One client connection. Requests are read under deadlines with the strict parser above (http.server's own
     accepts what a gateway must not) and each response leaves in one sendall."""
@@ -3245,9 +3288,13 @@ class Connection(socketserver.BaseRequestHandler):
 
     def finish(self):
         self.front.track(self, False)
+        if self.sock is not self.request:  # the TLS socket, which the server's shutdown_request does not know
+            self.sock.close()
 
     def handle(self):
         try:
+            if self.front.tls is not None and not self._start_tls():
+                return
             while not self.close and not self.front.stopping.is_set():
                 head = self._read_head()
                 if head is None:
@@ -3259,6 +3306,39 @@ class Connection(socketserver.BaseRequestHandler):
                     self.front.set_busy(self, False)
         except OSError:
             pass  # the client went away, or the gateway shut the socket down while stopping
+
+    def _start_tls(self):
+        """The TLS handshake, here in the connection's thread and within client_timeout_ms: in accept() one client
+        that says nothing would hold up every other. A client speaking plain HTTP is told to use https://. Returns
+        whether the connection is now TLS."""
+        deadline = now() + self.front.config.client_timeout_ms / 1000.0
+        self.sock.setblocking(False)
+        try:
+            if not io_ready(self.sock, select.POLLIN, deadline - now()):
+                raise socket.timeout("no TLS handshake within client_timeout_ms")
+            first = self.sock.recv(1, socket.MSG_PEEK)
+            if first and first != TLS_HANDSHAKE_RECORD:
+                refuse_at_accept(self.sock, GatewayError("this port speaks HTTPS: use https://", 400,
+                                                         "https_required", close=True))
+                return self._tls_failed("a plain HTTP request")
+            self.sock = self.front.tls.wrap_socket(self.sock, server_side=True, do_handshake_on_connect=False)
+            while True:
+                try:
+                    self.sock.do_handshake()
+                    return True
+                except ssl.SSLWantReadError:
+                    events = select.POLLIN
+                except ssl.SSLWantWriteError:
+                    events = select.POLLOUT
+                if not io_ready(self.sock, events, deadline - now()):
+                    raise socket.timeout("TLS handshake not done within client_timeout_ms")
+        except OSError as e:  # ssl.SSLError and socket.timeout among them
+            return self._tls_failed(getattr(e, "reason", None) or str(e) or type(e).__name__)
+
+    def _tls_failed(self, reason):
+        if self.front.refusals.allow(self.client):
+            self.front.log.info("tls_handshake_failed", client=self.client, reason=reason)
+        return False
 
     def _read_head(self):
         """The next request's head, None when the client closed or stayed idle; 408 for a slow sender."""
@@ -3350,7 +3430,8 @@ class Connection(socketserver.BaseRequestHandler):
     def peer_closed(self):
         """Whether the client has closed its side (looked at without reading or blocking)."""
         try:
-            return io_ready(self.sock, select.POLLIN, 0) and self.sock.recv(1, socket.MSG_PEEK) == b""
+            # on the raw socket, also under TLS (an SSLSocket takes no flags): a hang-up shows only as its end
+            return io_ready(self.sock, select.POLLIN, 0) and socket.socket.recv(self.sock, 1, socket.MSG_PEEK) == b""
         except OSError:
             return True
 
@@ -3386,6 +3467,7 @@ class HttpFront:
         self.router = router
         self.telemetry = telemetry
         self.allowlist = Allowlist(config.allowed_clients)
+        self.tls = None  # the ssl.SSLContext connections are wrapped in, when serving HTTPS (Gateway.start)
         self.tokens = config.tokens  # [(name, token)]: calls are counted, and requests logged, per name
         self.calls = Slots({"client": config.max_calls_per_client, "token": config.max_calls_per_token})
         self.refusals = RefusalLog()
@@ -3428,7 +3510,8 @@ class HttpFront:
             if self.telemetry.tracing:
                 span = self.telemetry.start_span(request.method, SPAN_SERVER, {
                     "http.request.method": request.method if request.method in HTTP_METHODS else "_OTHER",
-                    "url.path": request.path, "url.scheme": "http", "client.address": conn.client,
+                    "url.path": request.path, "url.scheme": "https" if self.tls else "http",
+                    "client.address": conn.client,
                     "network.protocol.version": "%d.%d" % request.version,
                     "user_agent.original": request.headers.get("user-agent")},
                     parse_traceparent(request.headers.get("traceparent")))
@@ -3855,8 +3938,10 @@ class Gateway:
         return points
 
     def start(self):
-        """Listens, then starts autostart servers. Raises OSError when the address cannot be bound."""
+        """Listens, then starts autostart servers. Raises ConfigError when the TLS files are unusable, OSError when
+        the address cannot be bound."""
         host, port = self.config.bind_host, self.config.bind_port
+        self.front.tls = tls_context(self.config)
         self._httpd = _HTTPServer((host, port), self.front)
         try:
             self._httpd.server_bind()
@@ -3869,7 +3954,8 @@ class Gateway:
         self._accept_thread.start()
         self.router.start()
         self.telemetry.start()
-        self.log.info("listening", host=host, port=self.port, version=VERSION, servers=list(self.runtimes),
+        self.log.info("listening", host=host, port=self.port, scheme="https" if self.front.tls else "http",
+                      version=VERSION, servers=list(self.runtimes),
                       token_source=self.config.token_source, token_names=self.config.token_names)
         for runtime in self.runtimes.values():
             if runtime.spec.autostart:
@@ -4018,8 +4104,17 @@ def init_config(path):
     return 0
 
 
+def report_config_error(error):
+    for message in error.messages:
+        print("config error: " + message, file=sys.stderr)
+
+
 def check_config(config, warnings):
     errors, notes = check_host(config)
+    try:
+        tls_context(config)
+    except ConfigError as e:
+        errors.extend(e.messages)
     for line in warnings + notes:
         print("warning: " + line, file=sys.stderr)
     for line in errors:
@@ -4075,6 +4170,9 @@ def serve(config, logger, on_listening=None):
     try:
         try:
             gateway.start()
+        except ConfigError as e:
+            report_config_error(e)
+            return 2
         except OSError as e:
             logger.error("listen_failed", host=config.bind_host, port=config.bind_port, error=str(e))
             print("cannot listen on %s port %d: %s" % (config.bind_host, config.bind_port, e.strerror or e),
@@ -4154,8 +4252,7 @@ def main(argv=None):
     try:
         config, warnings = load_config(args.config or DEFAULT_CONFIG_PATH)
     except ConfigError as e:
-        for message in e.messages:
-            print("config error: " + message, file=sys.stderr)
+        report_config_error(e)
         return 2
     if args.check:
         return check_config(config, warnings)

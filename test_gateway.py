@@ -12,8 +12,10 @@ import json
 import os
 import plistlib
 import resource
+import shutil
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -22,6 +24,7 @@ import threading
 import time
 import unittest
 import urllib.parse
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import host_mcp_gateway as gw
@@ -98,8 +101,9 @@ def tool_call(name, request_id=1, **arguments):
 class GatewayProcess:
     """A real gateway process on port 0, its JSON log lines collected as they arrive."""
 
-    def __init__(self, testcase, config, env=None):
+    def __init__(self, testcase, config, env=None, tls=None):
         self.folder = tempfile.mkdtemp(prefix="hmg-test-")
+        self.tls = tls  # the client's ssl.SSLContext, for a gateway serving HTTPS
         self.config_path = os.path.join(self.folder, "config.json")
         with open(self.config_path, "w") as f:
             json.dump(config, f)
@@ -143,7 +147,10 @@ class GatewayProcess:
 
     def connect(self):
         """A new connection, closed with the gateway at the end of the test."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=TIMEOUT)
+        if self.tls is None:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=TIMEOUT)
+        else:
+            conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=TIMEOUT, context=self.tls)
         self._connections.append(conn)
         return conn
 
@@ -1097,6 +1104,80 @@ class TokenSourceTest(unittest.TestCase):
             return  # where /proc is missing, the request above shows the variable was read
         with open("/proc/%d/environ" % pid, "rb") as f:
             self.assertNotIn(gw.TOKEN_ENV.encode(), f.read())
+
+
+def make_certificate(folder, name="gateway"):
+    """A self-signed certificate for localhost and 127.0.0.1 and its key, made with openssl: (cert, key)."""
+    cert, key = (os.path.join(folder, name + suffix) for suffix in (".crt", ".key"))
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True,
+                   timeout=TIMEOUT)
+    return cert, key
+
+
+@unittest.skipIf(shutil.which("openssl") is None, "openssl is not installed: it makes the test certificates")
+class TlsTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.folder = tempfile.mkdtemp(prefix="hmg-tls-")
+        cls.cert, cls.key = make_certificate(cls.folder)
+        cls.client_tls = ssl.create_default_context(cafile=cls.cert)
+        cls.gateway = GatewayProcess(cls, base_config([fake_server(autostart=False)], tls_cert_file=cls.cert,
+                                                      tls_key_file=cls.key, client_timeout_ms=1000), tls=cls.client_tls)
+
+    @classmethod
+    def addCleanup(cls, function, *args):  # GatewayProcess registers its own cleanup: run it after the class
+        cls.addClassCleanup(function, *args)
+
+    def test_https_with_the_certificate_as_ca(self):
+        self.assertEqual(self.gateway.wait_log(lambda r: r.get("event") == "listening")["scheme"], "https")
+        status, _, body = self.gateway.request("GET", "/servers")
+        self.assertEqual((status, list(self.gateway.servers())), (200, ["fake"]))
+        self.assertEqual(self.gateway.call("fake", tool_call("echo", text="over tls"))[1]["result"]["structuredContent"]
+                         ["text"], "over tls")
+
+    def test_plain_http_is_told_to_use_https(self):
+        raw = raw_exchange(self.gateway.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual((status_of(raw), body_of(raw)["error"]["error_code"]), (400, "https_required"))
+
+    def test_a_silent_connection_holds_up_no_one_and_is_closed(self):
+        with socket.create_connection(("127.0.0.1", self.gateway.port), timeout=TIMEOUT) as silent:
+            started = time.monotonic()
+            self.assertEqual(self.gateway.request("GET", "/servers")[0], 200)
+            self.assertLess(time.monotonic() - started, 0.9)  # before client_timeout_ms would free the silent one
+            self.assertEqual(silent.recv(1), b"")  # closed once client_timeout_ms has passed
+        self.gateway.wait_log(lambda r: r.get("event") == "tls_handshake_failed" and "client_timeout_ms" in r["reason"])
+
+    def test_tls_1_1_is_refused(self):
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_verify_locations(self.cert)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # TLSv1_1 is: the point of the test
+            context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_1
+        try:
+            context.set_ciphers("DEFAULT:@SECLEVEL=0")  # OpenSSL 3 offers TLS 1.1 only at security level 0
+        except ssl.SSLError:
+            pass  # a library without security levels
+        with socket.create_connection(("127.0.0.1", self.gateway.port), timeout=TIMEOUT) as sock:
+            with self.assertRaises(ssl.SSLError):
+                context.wrap_socket(sock, server_hostname="localhost")
+        self.gateway.wait_log(lambda r: r.get("event") == "tls_handshake_failed" and any(
+            word in r["reason"] for word in ("PROTOCOL", "VERSION")))  # OpenSSL and LibreSSL word it differently
+
+    def test_a_key_that_is_not_the_certificates_exits_2(self):
+        _, other_key = make_certificate(self.folder, "other")
+        path = os.path.join(self.folder, "mismatch.json")
+        with open(path, "w") as f:
+            json.dump(base_config([fake_server()], tls_cert_file=self.cert, tls_key_file=other_key), f)
+        os.chmod(path, 0o600)
+        for args in (["--check", "-config", path], ["-config", path]):
+            with self.subTest(args=args):
+                result = run_cli(*args)
+                self.assertEqual(result.returncode, 2, result.stderr)
+                self.assertIn("tls_key_file: %s is not the private key of the certificate in %s" % (
+                    other_key, self.cert), result.stderr)
+                self.assertNotIn("Traceback", result.stderr)
 
 
 # Child bridge: ids, batches, handshake, notifications ---------------------------------------------------------------
