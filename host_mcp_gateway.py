@@ -31,6 +31,7 @@ import bisect
 import difflib
 import email.utils
 import errno
+import hashlib
 import hmac
 import http
 import ipaddress
@@ -1599,6 +1600,173 @@ def child_handshake_params(spec, client_params=None):
     return dict(client_params, capabilities=capabilities)
 
 
+# Processes recorded in the state file ------------------------------------------------------------------------------
+
+STATE_DIR_ENV = "HOST_MCP_GATEWAY_STATE_DIR"  # where state files go instead of the platform's folder
+_HAVE_PROC = os.path.exists("/proc/self/stat")
+
+
+def state_folder(environ, platform, home):
+    """Where the gateway keeps its state files: HOST_MCP_GATEWAY_STATE_DIR, else the platform's folder for it."""
+    if environ.get(STATE_DIR_ENV):
+        return environ[STATE_DIR_ENV]
+    if platform == "darwin":
+        return os.path.join(home, "Library", "Application Support", "host-mcp-gateway")
+    return os.path.join(environ.get("XDG_STATE_HOME") or os.path.join(home, ".local", "state"), "host-mcp-gateway")
+
+
+def state_file_path(config_path, environ=None):
+    """One state file per config file (gateways of different configs keep apart); the demo has its own."""
+    key = os.path.realpath(os.path.expanduser(config_path)) if config_path else "demo"
+    name = "gateway-%s.json" % hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
+    return os.path.join(state_folder(os.environ if environ is None else environ, sys.platform,
+                                     os.path.expanduser("~")), name)
+
+
+def process_start_time(pid):
+    """When a process started, as text that differs for a pid the system has reused; None when none runs.
+    Linux: /proc/PID/stat field 22 (clock ticks since boot); elsewhere `ps -o lstart=` (to the second)."""
+    if _HAVE_PROC:
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return None if fields[0] == "Z" else "ticks:" + fields[19]
+    try:
+        result = subprocess.run(["ps", "-o", "lstart=", "-p", str(pid)], capture_output=True, text=True,
+                                timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() or None
+
+
+def group_alive(pgid):
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def signal_groups(pgids, signum):
+    for pgid in pgids:
+        try:
+            os.killpg(pgid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def recorded_child_fate(entry, start_time_of, group_alive_of):
+    """What to do with a child a gateway that is gone recorded, by what runs now (pure, given the two probes):
+    "end" its group when its leader still runs with the recorded start time, or has gone leaving members of
+    its group (a group id is not reused while the group exists); "reused" when its pid now names another
+    process: that one is left alone; "gone" when nothing of it is left."""
+    started = start_time_of(entry["pid"])
+    if started == entry["start_time"]:
+        return "end"
+    if started is not None:
+        return "reused"
+    return "end" if group_alive_of(entry["pid"]) else "gone"
+
+
+class StateFile:
+    """What a gateway records of itself while it runs: its pid and start time (--reload finds it by them) and the
+    process group of every child it started, with the child's start time. A gateway that is SIGKILLed cannot
+    stop its children; the next one started with the same config ends those that survived (claim). Written whole
+    and atomically on each change, so a reader never sees half of it."""
+
+    def __init__(self, path, logger):
+        self.path = path
+        self._log = logger
+        self._lock = threading.Lock()  # guards the fields below and orders the writes
+        self._children = {}  # child pid (= its process group) -> {"server_id", "pid", "start_time"}
+        self._gateway = None  # {"pid", "start_time", "config"} of this process, once claimed
+        self._failed = False  # a write failed: logged once
+
+    @staticmethod
+    def read(path):
+        """The record a state file holds, or None when there is none (or it is unreadable)."""
+        try:
+            with open(path, "rb") as f:
+                record = json.loads(f.read().decode("utf-8"))
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) and isinstance(record.get("gateway"), dict) else None
+
+    def claim(self, config_path):
+        """Ends the children a previous gateway of this config left running, then records this one. When that
+        gateway still runs (same pid and start time), its children are its own: none is touched."""
+        previous = self.read(self.path)
+        if previous is not None:
+            owner = previous["gateway"]
+            if owner.get("pid") != os.getpid() and process_start_time(owner.get("pid", 0)) == owner.get("start_time"):
+                self._log.warning("state_file_in_use", path=self.path, pid=owner["pid"],
+                                  note="another gateway runs with this config; its children are left alone")
+            else:
+                self._end_survivors([entry for entry in previous.get("children", ()) if isinstance(entry, dict)])
+        with self._lock:
+            self._gateway = {"pid": os.getpid(), "start_time": process_start_time(os.getpid()),
+                             "config": config_path}
+            self._write()
+
+    def _end_survivors(self, entries):
+        fates = [(entry, recorded_child_fate(entry, process_start_time, group_alive)) for entry in entries]
+        survivors = [entry["pid"] for entry, fate in fates if fate == "end"]
+        signal_groups(survivors, signal.SIGTERM)  # the grace stop() gives a child, then SIGKILL for the group
+        deadline = now() + CHILD_STOP_GRACE_S
+        while now() < deadline and any(group_alive(pgid) for pgid in survivors):
+            time.sleep(0.05)  # not our children: there is no exit to wait on, only their absence to look for
+        signal_groups(survivors, signal.SIGKILL)
+        for entry, fate in fates:
+            if fate != "gone":
+                (self._log.warning if fate == "end" else self._log.info)(
+                    "orphan_ended" if fate == "end" else "orphan_left_alone", server_id=entry.get("server_id"),
+                    pid=entry["pid"], reason="its gateway is gone" if fate == "end" else
+                    "the pid now belongs to another process")
+
+    def add(self, server_id, pid):
+        entry = {"server_id": server_id, "pid": pid, "start_time": process_start_time(pid)}
+        with self._lock:
+            self._children[pid] = entry
+            self._write()
+
+    def remove(self, pid):
+        with self._lock:
+            if self._children.pop(pid, None) is not None:
+                self._write()
+
+    def close(self):
+        """The gateway has stopped its children: the file goes, unless one could not be killed (the next start
+        tries again)."""
+        with self._lock:
+            if self._gateway is not None and not self._children:
+                self._gateway = None
+                try:
+                    os.unlink(self.path)
+                except OSError:
+                    pass
+
+    def _write(self):
+        """Caller holds self._lock. Only after claim(), and never after close()."""
+        if self._gateway is None:
+            return
+        record = {"gateway": self._gateway, "children": list(self._children.values())}
+        temporary = self.path + ".tmp"
+        try:
+            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+            with open(temporary, "w") as f:
+                f.write(json.dumps(record, indent=1) + "\n")
+            os.replace(temporary, self.path)
+        except OSError as e:
+            if not self._failed:
+                self._failed = True
+                self._log.error("state_file_failed", path=self.path, error=str(e),
+                                note="children that outlive a SIGKILL of the gateway will not be ended")
+
+
 class PendingCall:
     """A request forwarded to a child and not yet answered."""
     __slots__ = ("caller_id", "method", "session", "progress_token", "answers")
@@ -1637,10 +1805,11 @@ class ChildProcess:
     that stops reading; stdout and stderr each have a reader thread, so a full pipe never stalls the child.
     Requests get fresh gateway-owned ids; answers go back with the caller's."""
 
-    def __init__(self, spec, config, logger, on_unsolicited):
+    def __init__(self, spec, config, logger, on_unsolicited, state_file=None):
         self.spec = spec
         self.server_id = spec.server_id
         self._log = logger
+        self._state_file = state_file  # the StateFile its process group is recorded in while it runs, or None
         self._max_line_bytes = config.max_message_bytes
         self._request_timeout_ms = config.request_timeout_ms  # named in a timeout's message
         self._on_unsolicited = on_unsolicited  # (child, message, kind) for child messages that answer no call
@@ -1679,6 +1848,8 @@ class ChildProcess:
                 stderr=subprocess.PIPE, cwd=working_dir, env=env, start_new_session=True)
         except OSError as e:
             raise unavailable(self.server_id, self._spawn_problem(e)) from None
+        if self._state_file is not None:
+            self._state_file.add(self.server_id, self.pid)
         self._stdin_fd = self.process.stdin.fileno()
         os.set_blocking(self._stdin_fd, False)
         self._stdin_open = True
@@ -1957,14 +2128,16 @@ class ChildProcess:
         self.fail_calls(unavailable(self.server_id, "server %s: %s" % (self.server_id, reason)))
         self._closing.set()
         self._join_thread("-stdin", POLL_S * 2)
-        self._signal_group(signal.SIGTERM)
+        signal_groups([self.process.pid], signal.SIGTERM)
         try:
             self.process.wait(timeout=CHILD_STOP_GRACE_S)
         except subprocess.TimeoutExpired:
             pass
-        self._signal_group(signal.SIGKILL)  # also reaches grandchildren that outlived the leader
+        signal_groups([self.process.pid], signal.SIGKILL)  # also reaches grandchildren that outlived the leader
         try:
             self.process.wait(timeout=CHILD_STOP_GRACE_S)
+            if self._state_file is not None:
+                self._state_file.remove(self.pid)  # its group got SIGKILL: nothing of it is left to end
         except subprocess.TimeoutExpired:
             self._log.error("child_unkillable", server_id=self.server_id, pid=self.pid)
         for thread in self._threads:
@@ -1979,12 +2152,6 @@ class ChildProcess:
         for thread in self._threads:
             if thread.name.startswith(self.server_id + suffix):
                 thread.join(timeout=timeout)
-
-    def _signal_group(self, signum):
-        try:
-            os.killpg(self.process.pid, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 # § 8 Supervisor ------------------------------------------------------------------------------------------------------
@@ -2010,8 +2177,10 @@ class ServerRuntime:
     """One configured server: its current child, its state, and the supervisor thread that starts it, watches
     it and applies the restart policy. States: stopped, starting, ready, backoff, failed."""
 
-    def __init__(self, spec, config, logger, telemetry, on_unsolicited, on_ready=None, handshake_params=None):
+    def __init__(self, spec, config, logger, telemetry, on_unsolicited, on_ready=None, handshake_params=None,
+                 state_file=None):
         self.spec = spec
+        self.state_file = state_file  # the StateFile its children are recorded in (the gateway's), or None
         self.server_id = spec.server_id
         self._config = config
         self._log = logger
@@ -2056,6 +2225,7 @@ class ServerRuntime:
                 raise GatewayError("server %s already runs %d per-session children (max_children)" % (
                     self.server_id, self.spec.max_children), 503, "too_many_children", server_id=self.server_id)
             self.private[session_id] = private
+        private.state_file = self.state_file
         private.start()
 
     def release(self, session_id):
@@ -2144,7 +2314,8 @@ class ServerRuntime:
         """Starts one child and watches it until it exits or the gateway stops it. Returns (child, seconds it
         was ready, or None if it never became ready)."""
         child = ChildProcess(self.spec, self._config, self._log,
-                             lambda child, message, kind: self._on_unsolicited(self, child, message, kind))
+                             lambda child, message, kind: self._on_unsolicited(self, child, message, kind),
+                             self.state_file)
         self._set(state="starting", _next_start_at=None)
         startup_ms = self.spec.startup_timeout_ms or self._config.request_timeout_ms
         restarted = self.init_result is not None
@@ -3916,8 +4087,10 @@ class Gateway:
         self.log = logger
         self.telemetry = Telemetry(TelemetrySettings(os.environ), logger)
         self.router = Router(config, logger, self.telemetry)
+        self.state_file = StateFile(state_file_path(config.path), logger)
         self.runtimes = {spec.server_id: ServerRuntime(spec, config, logger, self.telemetry,
-                                                       self.router.on_child_message, self.router.on_child_ready)
+                                                       self.router.on_child_message, self.router.on_child_ready,
+                                                       state_file=self.state_file)
                          for spec in config.servers}
         self.front = HttpFront(config, logger, self.runtimes, self.router, self.telemetry)
         self.telemetry.meter.calls.observe = self._calls_in_flight
@@ -3949,6 +4122,9 @@ class Gateway:
         except OSError:
             self._httpd.server_close()
             raise
+        # Once the port is ours (so no other gateway of this config runs) and before any child can start: what
+        # a SIGKILLed run left behind is ended first.
+        self.state_file.claim(self.config.path)
         self._accept_thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.25},
                                                name="http-accept", daemon=True)
         self._accept_thread.start()
@@ -3984,6 +4160,7 @@ class Gateway:
         if self._httpd is not None:
             for thread in list(self._httpd.threads):
                 thread.join(timeout=min(POLL_S, max(0.0, deadline - now())))
+        self.state_file.close()
         self.telemetry.stop(max(0.2, deadline - now()))
         self.front.log_refusal_summary(force=True)
         self.log.info("stopped")

@@ -35,6 +35,8 @@ FAKE_SERVER = os.path.join(HERE, "tests", "fake_mcp_server.py")
 TOKEN = "test-token-0123456789abcdef0123456789abcdef"
 PHONE_TOKEN = "phone-token-0123456789abcdef0123456789abcdef"
 TIMEOUT = 10.0  # every blocking call in a test gives up after this, so a failure is quick and clear
+# The gateways the tests start keep their state files here, never in the home folder.
+os.environ[gw.STATE_DIR_ENV] = tempfile.mkdtemp(prefix="hmg-state-")
 
 
 def wait_for(predicate, what="a condition", timeout=TIMEOUT):
@@ -101,8 +103,8 @@ def tool_call(name, request_id=1, **arguments):
 class GatewayProcess:
     """A real gateway process on port 0, its JSON log lines collected as they arrive."""
 
-    def __init__(self, testcase, config, env=None, tls=None):
-        self.folder = tempfile.mkdtemp(prefix="hmg-test-")
+    def __init__(self, testcase, config, env=None, tls=None, folder=None):
+        self.folder = folder or tempfile.mkdtemp(prefix="hmg-test-")  # the same folder: the same config path
         self.tls = tls  # the client's ssl.SSLContext, for a gateway serving HTTPS
         self.config_path = os.path.join(self.folder, "config.json")
         with open(self.config_path, "w") as f:
@@ -1178,6 +1180,52 @@ class TlsTest(unittest.TestCase):
                 self.assertIn("tls_key_file: %s is not the private key of the certificate in %s" % (
                     other_key, self.cert), result.stderr)
                 self.assertNotIn("Traceback", result.stderr)
+
+
+class OrphanTest(unittest.TestCase):
+    def test_fates_of_recorded_children(self):
+        entry = {"server_id": "s", "pid": 100, "start_time": "t1"}
+        cases = [("t1", True, "end"), ("t1", False, "end"), ("t2", True, "reused"), ("t2", False, "reused"),
+                 (None, True, "end"), (None, False, "gone")]
+        for started, group, fate in cases:
+            with self.subTest(started=started, group=group):
+                self.assertEqual(gw.recorded_child_fate(entry, lambda pid: started, lambda pgid: group), fate)
+
+    def test_state_folder(self):
+        cases = [({gw.STATE_DIR_ENV: "/s"}, "darwin", "/s"),
+                 ({}, "darwin", "/h/Library/Application Support/host-mcp-gateway"),
+                 ({}, "linux", "/h/.local/state/host-mcp-gateway"),
+                 ({"XDG_STATE_HOME": "/x"}, "linux", "/x/host-mcp-gateway")]
+        for environ, platform, folder in cases:
+            with self.subTest(environ=environ, platform=platform):
+                self.assertEqual(gw.state_folder(environ, platform, "/h"), folder)
+
+    def test_a_sigkilled_gateway_leaves_no_child_behind(self):
+        state = tempfile.mkdtemp(prefix="hmg-orphans-")
+        env = dict(os.environ, **{gw.STATE_DIR_ENV: state})
+        config = base_config([fake_server("fake", "--stubborn")])
+        gateway = GatewayProcess(self, config, env=env)
+        pid = gateway.tool("pid")["structuredContent"]["pid"]
+        self.addCleanup(gw.signal_groups, [pid], signal.SIGKILL)  # should the test fail
+        grandchild = gateway.tool("spawn_grandchild")["structuredContent"]["pid"]
+        gateway.kill()  # SIGKILL: it can stop nothing
+        self.assertFalse(process_gone(pid) or process_gone(grandchild))  # stubborn: stdin's end does not stop it
+        state_file = gw.state_file_path(gateway.config_path, env)
+        with open(state_file) as f:
+            record = json.load(f)
+        self.assertEqual([(e["server_id"], e["pid"]) for e in record["children"]], [("fake", pid)])
+        decoy = {"server_id": "decoy", "pid": os.getpid(), "start_time": "not when this test process started"}
+        with open(state_file, "w") as f:
+            json.dump(dict(record, children=record["children"] + [decoy]), f)
+        second = GatewayProcess(self, dict(config, servers=[fake_server(autostart=False)]), env=env,
+                                folder=gateway.folder)
+        self.assertTrue(process_gone(pid) and process_gone(grandchild))  # before it listens
+        ended = second.wait_log(lambda r: r.get("event") == "orphan_ended")
+        self.assertEqual((ended["server_id"], ended["pid"]), ("fake", pid))
+        left = second.wait_log(lambda r: r.get("event") == "orphan_left_alone")
+        self.assertEqual(left["pid"], os.getpid())
+        self.assertEqual(second.stop(), 0)
+        self.assertFalse(os.path.exists(state_file))  # a clean stop leaves nothing to clean
 
 
 # Child bridge: ids, batches, handshake, notifications ---------------------------------------------------------------
