@@ -40,6 +40,7 @@ import json
 import math
 import os
 import platform
+import plistlib
 import queue
 import random
 import re
@@ -69,6 +70,9 @@ SERVER_HEADER = "host-mcp-gateway"  # no version numbers: the default tells ever
 DEFAULT_CONFIG_PATH = "~/.config/host-mcp-gateway/config.json"
 DEFAULT_PORT = 7411
 LAUNCHD_PATH = "/usr/bin:/bin:/usr/sbin:/sbin"  # what launchd gives a LaunchAgent unless told otherwise
+# What the LaunchAgent sets: Homebrew's folders (Apple silicon, Intel) first, for servers run as npx or uvx.
+AGENT_PATH = "/opt/homebrew/bin:/usr/local/bin:" + LAUNCHD_PATH
+AGENT_LABEL = "com.example.host-mcp-gateway"
 
 # MCP protocol revisions that use the initialize handshake, newest first. The gateway itself speaks the newest
 # to its children; a client asking for an older one gets it on its session.
@@ -138,6 +142,10 @@ def session_required(server_id):
                         server_id=server_id)
 
 
+def server_not_found(server_id):
+    return GatewayError("no server with server_id %r" % server_id, 404, "server_not_found", server_id=server_id)
+
+
 def unavailable(server_id, message):
     return GatewayError(message, 503, "server_unavailable", JSONRPC_SERVER_ERROR, server_id=server_id)
 
@@ -179,6 +187,9 @@ class Logger:
         self._writer = None  # the background writer thread, once started
         self._closed = threading.Event()
         self._second, self._second_text = 0, ""  # the timestamp's whole seconds, formatted once a second
+
+    def set_level(self, level):
+        self._threshold = self.LEVELS[level]
 
     def start_background(self):
         """From now on a thread writes lines in batches, so a request never waits on stderr."""
@@ -781,6 +792,21 @@ def describe_json_error(error):
     if after[:1] in ("}", "]") and (before.endswith(",") or text.startswith(",", pos)):
         return where + " (JSON allows no comma after the last item: remove it)"
     return where
+
+
+RESTART_KEYS = ("bind_host", "bind_port", "tls_cert_file", "tls_key_file")  # fixed once the gateway listens
+
+
+def reload_plan(old, new):
+    """What a reload does (pure): server ids added, removed, changed (any setting differs: the server restarts)
+    and unchanged (its child and sessions carry on), and the keys whose change waits for a restart."""
+    before = {spec.server_id: vars(spec) for spec in old.servers}
+    after = {spec.server_id: vars(spec) for spec in new.servers}
+    return {"added": [sid for sid in after if sid not in before],
+            "removed": [sid for sid in before if sid not in after],
+            "changed": [sid for sid in after if sid in before and after[sid] != before[sid]],
+            "unchanged": [sid for sid in after if after[sid] == before.get(sid)],
+            "needs_restart": [key for key in RESTART_KEYS if getattr(old, key) != getattr(new, key)]}
 
 
 def load_config(path, environ=None):
@@ -2202,6 +2228,7 @@ class ServerRuntime:
         self._down = False  # the restart policy let it stay down: no more starts
         self._thread = None
         self._stop = threading.Event()
+        self._stop_reason = None  # why it stops, for the calls it fails: set with _stop
 
     def start(self):
         """Starts supervising (idempotent): at gateway start for autostart servers, else on first request."""
@@ -2232,7 +2259,8 @@ class ServerRuntime:
         with self._cond:
             self.private.pop(session_id, None)
 
-    def request_stop(self):
+    def request_stop(self, reason="the gateway is stopping"):
+        self._stop_reason = self._stop_reason or reason
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
@@ -2253,7 +2281,7 @@ class ServerRuntime:
                 if self.state == "ready" and self.child.accepting_calls:
                     return self.child
                 if self._stop.is_set():
-                    raise unavailable(self.server_id, "server %s: the gateway is stopping" % self.server_id)
+                    raise unavailable(self.server_id, "server %s: %s" % (self.server_id, self._stop_reason))
                 if self._down or self._failed_since_ready:
                     raise unavailable(self.server_id, self._unavailable_reason())
                 remaining = deadline - now()
@@ -2351,7 +2379,7 @@ class ServerRuntime:
                 child.fail_calls(child.exit_error())
                 break
         summary = child.exit_summary() if not self._stop.is_set() else None
-        child.stop("the gateway is stopping" if self._stop.is_set() else "it exited")
+        child.stop(self._stop_reason if self._stop.is_set() else "it exited")
         self._set(state="starting", child=None, _ready_since=None,
                   last_exit=describe_exit(child.process.returncode), last_error=summary)
         if summary:
@@ -2362,6 +2390,10 @@ class ServerRuntime:
             exit_span.fail(summary)
             exit_span.end()
         return child, now() - ready_at
+
+    def use_config(self, config):
+        """A reloaded config's gateway-wide settings (timeouts, backoff), from its next call or start on."""
+        self._config = config
 
     def describe(self):
         """What /servers shows: never env values or the token."""
@@ -2546,20 +2578,20 @@ class SessionStore:
     """Open sessions by id, capped in number."""
 
     def __init__(self, max_sessions, meter):
-        self._max = max_sessions
+        self.max_sessions = max_sessions  # a reload may change it
         self._meter = meter
         self._lock = threading.Lock()
         self._sessions = {}  # session id -> Session (self._lock)
 
     def full(self):
         with self._lock:
-            return len(self._sessions) >= self._max
+            return len(self._sessions) >= self.max_sessions
 
     def add(self, session):
         with self._lock:
-            if len(self._sessions) >= self._max:
+            if len(self._sessions) >= self.max_sessions:
                 raise GatewayError("all %d sessions are busy (max_sessions): each has a call in flight or an "
-                                   "open stream" % self._max, 503, "too_many_sessions")
+                                   "open stream" % self.max_sessions, 503, "too_many_sessions")
             self._sessions[session.id] = session
         self._meter.sessions.record(1, (("host_mcp_gateway.server_id", session.server_id),))
 
@@ -2708,6 +2740,19 @@ class Router:
     def start(self):
         self._reaper.start()
 
+    def close_sessions(self, sessions, reason):
+        """Ends these sessions; their own children (isolation "session") all stop at once, not one after another."""
+        for session in sessions:
+            if session.runtime is not session.parent:
+                session.runtime.request_stop(reason)
+        for session in sessions:
+            self.close_session(session, reason)
+
+    def use_config(self, config):
+        """A reloaded config's session settings, for the sessions and requests that come next."""
+        self._config = config
+        self.sessions.max_sessions = config.max_sessions
+
     def end_streams(self):
         """Ends every GET event stream (the gateway is stopping); sessions stay until stop()."""
         for session in self.sessions.all():
@@ -2716,12 +2761,7 @@ class Router:
     def stop(self):
         """Ends every session (their streams close) and the reaper thread."""
         self._stop.set()
-        sessions = self.sessions.all()
-        for session in sessions:
-            if session.runtime is not session.parent:
-                session.runtime.request_stop()  # all private children stop at once, not one after another
-        for session in sessions:
-            self.close_session(session, "the gateway is stopping")
+        self.close_sessions(self.sessions.all(), "the gateway is stopping")
         if self._reaper.is_alive():
             self._reaper.join(timeout=POLL_S * 2)
 
@@ -3031,11 +3071,12 @@ class Router:
 
     def _reap(self):
         """Expires idle sessions and requests that no client answered in time."""
-        idle_s = self._config.session_idle_timeout_ms / 1000.0
-        grace_s = self._config.session_grace_ms / 1000.0
-        interval = min(30.0, max(0.05, min(idle_s, grace_s) / 4))
+        interval = 0.05
         try:
             while not self._stop.wait(interval):
+                idle_s = self._config.session_idle_timeout_ms / 1000.0  # read each time: a reload may change them
+                grace_s = self._config.session_grace_ms / 1000.0
+                interval = min(30.0, max(0.05, min(idle_s, grace_s) / 4))
                 for session in self.sessions.all():
                     if session.streaming:
                         continue
@@ -3245,6 +3286,14 @@ CORS_ALLOW_HEADERS = "Authorization, Content-Type, Accept, Mcp-Session-Id, MCP-P
 CORS_EXPOSE_HEADERS = "Mcp-Session-Id, WWW-Authenticate"
 
 
+class Runtimes(dict):
+    """server_id -> ServerRuntime. A reload replaces the map whole; a request that found its server in the old
+    map and looks again in the new one, where a reload removed it, gets 404, as it would a moment later."""
+
+    def __missing__(self, server_id):
+        raise server_not_found(server_id)
+
+
 def match_route(path, server_ids):
     """(route name, server_id or None, allowed methods) for a path, or GatewayError 404."""
     if path in STATIC_ROUTES:
@@ -3253,7 +3302,7 @@ def match_route(path, server_ids):
     if len(parts) == 3 and parts[0] == "" and parts[2] == "rpc":
         if parts[1] in server_ids:
             return "mcp", parts[1], MCP_METHODS
-        raise GatewayError("no server with server_id %r" % parts[1], 404, "server_not_found", server_id=parts[1])
+        raise server_not_found(parts[1])
     raise GatewayError("no such path: %s" % path, 404, "not_found")
 
 
@@ -3316,7 +3365,7 @@ class Slots:
     are dropped, so the table holds only what is in use and is bounded by it."""
 
     def __init__(self, caps):
-        self._caps = caps  # kind of key -> most in use at once
+        self.caps = caps  # kind of key -> most in use at once; replaced whole by a reload
         self._lock = threading.Lock()
         self._counts = {}  # (kind, value) -> number in use (self._lock)
 
@@ -3324,7 +3373,7 @@ class Slots:
         """Takes one under every (kind, value) key, or none: then returns the first key at its cap."""
         with self._lock:
             for key in keys:
-                if self._counts.get(key, 0) >= self._caps[key[0]]:
+                if self._counts.get(key, 0) >= self.caps[key[0]]:
                     return key
             for key in keys:
                 self._counts[key] = self._counts.get(key, 0) + 1
@@ -3632,17 +3681,14 @@ class HttpFront:
     limits), runs its endpoint, and writes one access log line."""
 
     def __init__(self, config, logger, runtimes, router, telemetry):
-        self.config = config
         self.log = logger
-        self.runtimes = runtimes  # server_id -> ServerRuntime
         self.router = router
         self.telemetry = telemetry
-        self.allowlist = Allowlist(config.allowed_clients)
         self.tls = None  # the ssl.SSLContext connections are wrapped in, when serving HTTPS (Gateway.start)
-        self.tokens = config.tokens  # [(name, token)]: calls are counted, and requests logged, per name
-        self.calls = Slots({"client": config.max_calls_per_client, "token": config.max_calls_per_token})
+        self.calls = Slots({})
+        self.connection_slots = Slots({})
+        self.use_config(config, runtimes)
         self.refusals = RefusalLog()
-        self.connection_slots = Slots({"total": config.max_connections, "client": config.max_connections_per_client})
         self.stopping = threading.Event()
         self.started_at = now()
         self._lock = threading.Condition()  # notified when a request ends
@@ -3650,6 +3696,16 @@ class HttpFront:
         self._endpoints = {("health", "GET"): self.get_health, ("servers", "GET"): self.get_servers,
                            ("metrics", "GET"): self.get_metrics, ("rpc", "POST"): self.post_rpc, ("mcp", "POST"): self.post_mcp,
                            ("mcp", "GET"): self.get_mcp, ("mcp", "DELETE"): self.delete_mcp}
+
+    def use_config(self, config, runtimes):
+        """At start, and at each reload for the requests that come next: each field is replaced whole, so a
+        request sees the old value or the new one, never a mix. The address and TLS stay as they are."""
+        self.config = config
+        self.runtimes = runtimes  # Runtimes: server_id -> ServerRuntime
+        self.allowlist = Allowlist(config.allowed_clients)
+        self.tokens = config.tokens  # [(name, token)]: calls are counted, and requests logged, per name
+        self.calls.caps = {"client": config.max_calls_per_client, "token": config.max_calls_per_token}
+        self.connection_slots.caps = {"total": config.max_connections, "client": config.max_connections_per_client}
 
     def track(self, connection, is_open):
         with self._lock:
@@ -3851,8 +3907,7 @@ class HttpFront:
         self._continue_trace(request, wrapper["payload"])
         runtime = self.runtimes.get(server_id)
         if runtime is None:
-            raise GatewayError("no server with server_id %r" % server_id, 404, "server_not_found",
-                               server_id=server_id)
+            raise server_not_found(server_id)
         if runtime.spec.isolation == "session":
             raise session_required(server_id)
         try:
@@ -4088,10 +4143,7 @@ class Gateway:
         self.telemetry = Telemetry(TelemetrySettings(os.environ), logger)
         self.router = Router(config, logger, self.telemetry)
         self.state_file = StateFile(state_file_path(config.path), logger)
-        self.runtimes = {spec.server_id: ServerRuntime(spec, config, logger, self.telemetry,
-                                                       self.router.on_child_message, self.router.on_child_ready,
-                                                       state_file=self.state_file)
-                         for spec in config.servers}
+        self.runtimes = Runtimes((spec.server_id, self._runtime(spec)) for spec in config.servers)
         self.front = HttpFront(config, logger, self.runtimes, self.router, self.telemetry)
         self.telemetry.meter.calls.observe = self._calls_in_flight
         self._httpd = None
@@ -4100,6 +4152,44 @@ class Gateway:
     @property
     def port(self):
         return self._httpd.server_address[1]
+
+    def _runtime(self, spec):
+        return ServerRuntime(spec, self.config, self.log, self.telemetry, self.router.on_child_message,
+                             self.router.on_child_ready, state_file=self.state_file)
+
+    def reload(self, config):
+        """Applies a new config without dropping anyone; runs on the main thread (serve), never in a signal
+        handler. Removed servers stop and changed ones restart, their sessions closed (a changed server's
+        sessions were made with what it was: they cannot carry on honestly); unchanged ones keep their child,
+        sessions and streams. Everything else applies to the requests that come next, but for RESTART_KEYS,
+        which are logged as waiting for a restart."""
+        plan = reload_plan(self.config, config)
+        for key in plan["needs_restart"]:
+            setattr(config, key, getattr(self.config, key))  # what runs; later reloads report the key again
+        ending = [self.runtimes[sid] for sid in plan["removed"] + plan["changed"]]
+        for runtime in ending:
+            runtime.request_stop("its config was %s by a reload" % (
+                "removed" if runtime.server_id in plan["removed"] else "changed"))
+        self.config = config
+        runtimes = Runtimes((spec.server_id, self.runtimes[spec.server_id] if spec.server_id in plan["unchanged"]
+                             else self._runtime(spec)) for spec in config.servers)
+        for runtime in runtimes.values():
+            runtime.use_config(config)
+        self.router.use_config(config)
+        self.runtimes = runtimes
+        self.front.use_config(config, runtimes)  # from here on, requests see the new servers and tokens
+        for _ in range(2):  # again once they have stopped: a session may have opened on one as it stopped
+            self.router.close_sessions([s for s in self.router.sessions.all() if s.parent in ending],
+                                       "its server's config changed")
+            for runtime in ending:
+                runtime.join(timeout=CHILD_STOP_GRACE_S * 2 + POLL_S)
+        for sid in plan["added"] + plan["changed"]:
+            if runtimes[sid].spec.autostart:
+                runtimes[sid].start()
+        self.log.info("config_reloaded", **{key: value for key, value in plan.items() if key != "needs_restart"})
+        if plan["needs_restart"]:
+            self.log.warning("config_needs_restart", keys=plan["needs_restart"],
+                             note="these take effect when the gateway is restarted; until then the old values hold")
 
     def _calls_in_flight(self):
         """Calls each server's children are working on, for the host_mcp_gateway.calls.in_flight gauge."""
@@ -4335,12 +4425,25 @@ def raise_file_limit():
             pass
 
 
-def serve(config, logger, on_listening=None):
-    """Runs the gateway until SIGTERM, SIGINT or SIGHUP (a closed Terminal window; there is no reload to do).
-    Returns the exit code."""
+def reload_gateway(gateway, load, logger):
+    """SIGHUP: the config is read again and applied whole, or, when it does not validate, not at all."""
+    try:
+        config, warnings = load()
+    except ConfigError as e:
+        logger.error("config_reload_failed", errors=e.messages, note="the gateway goes on with the config it had")
+        return
+    for warning in warnings:
+        logger.warning("config_warning", message=warning)
+    logger.set_level(config.log_level)
+    gateway.reload(config)
+
+
+def serve(config, logger, on_listening=None, load=None):
+    """Runs the gateway until SIGTERM or SIGINT. SIGHUP reloads the config with `load` (see load_to_serve); with
+    none (the demo), it stops the gateway, as a closed Terminal window means. Returns the exit code."""
     raise_file_limit()
-    stop = threading.Event()
-    previous = {signum: signal.signal(signum, lambda *_: stop.set())
+    received = queue.SimpleQueue()  # signal numbers, put by the handler (SimpleQueue.put may be), taken below
+    previous = {signum: signal.signal(signum, lambda signum, _: received.put(signum))
                 for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     gateway = Gateway(config, logger)
     logger.start_background()
@@ -4357,8 +4460,14 @@ def serve(config, logger, on_listening=None):
             return 1
         if on_listening is not None:
             on_listening(gateway)
-        while not stop.wait(POLL_S):
-            pass
+        while True:
+            try:
+                signum = received.get(timeout=POLL_S)  # the reload runs here, on the main thread
+            except queue.Empty:
+                continue
+            if signum != signal.SIGHUP or load is None:
+                break
+            reload_gateway(gateway, load, logger)
         gateway.stop()
         return 0
     finally:
@@ -4391,6 +4500,104 @@ def _path_argument(value):
     return value
 
 
+def load_to_serve(path, log_level=None):
+    """load_config, with --log-level (when given) in place of the config's log_level, at start and reload."""
+    config, warnings = load_config(path)
+    config.log_level = log_level or config.log_level
+    return config, warnings
+
+
+def send_reload(path):
+    """--reload: SIGHUP to the gateway serving this config, found by its state file, and only when the pid there
+    is still that gateway (same start time). The config was checked first: a broken one is not sent."""
+    record = StateFile.read(state_file_path(path))
+    owner = record["gateway"] if record else {}
+    pid = owner.get("pid")
+    if not isinstance(pid, int) or process_start_time(pid) != owner.get("start_time"):
+        print("no gateway is running with %s (looked in %s)" % (path, state_file_path(path)), file=sys.stderr)
+        return 1
+    os.kill(pid, signal.SIGHUP)
+    print("sent SIGHUP to the gateway (pid %d); its log says config_reloaded, or config_reload_failed and why"
+          % pid)
+    return 0
+
+
+def launch_agent(python, script, config_path, home):
+    """The LaunchAgent that runs `script` with `python` on `config_path`, as plistlib writes it (pure); with the
+    sample's placeholder paths it is host-mcp-gateway.plist.sample. Why each key: README, "Run at login"."""
+    log = os.path.join(home, "Library", "Logs", "host-mcp-gateway", "gateway.log")
+    return {"Label": AGENT_LABEL, "ProgramArguments": [python, script, "-config", config_path],
+            "EnvironmentVariables": {"PATH": AGENT_PATH}, "RunAtLoad": True,
+            "KeepAlive": {"SuccessfulExit": False}, "ThrottleInterval": 10, "ProcessType": "Interactive",
+            "StandardOutPath": log, "StandardErrorPath": log}
+
+
+def agent_plist_path(home):
+    return os.path.join(home, "Library", "LaunchAgents", AGENT_LABEL + ".plist")
+
+
+def launchctl(*args):
+    """Runs launchctl; (exit code, what it printed)."""
+    try:
+        result = subprocess.run(("launchctl",) + args, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return 1, str(e)
+    return result.returncode, (result.stdout + result.stderr).strip()
+
+
+def not_on_macos(option):
+    if sys.platform == "darwin":
+        return False
+    print("%s manages a macOS LaunchAgent; this is %s: nothing was written" % (option, sys.platform),
+          file=sys.stderr)
+    return True
+
+
+def install_agent(path, config, warnings):
+    """--install-agent: after --check passes, writes the LaunchAgent for this interpreter, this file and this
+    config, and bootstraps it (booting out the one installed before, if any)."""
+    if not_on_macos("--install-agent"):
+        return 2
+    if check_config(config, warnings):
+        print("the LaunchAgent was not installed: fix the errors above first", file=sys.stderr)
+        return 2
+    home, service = os.path.expanduser("~"), "gui/%d/%s" % (os.getuid(), AGENT_LABEL)
+    plist = agent_plist_path(home)
+    agent = launch_agent(sys.executable, os.path.abspath(__file__), os.path.abspath(os.path.expanduser(path)), home)
+    try:
+        os.makedirs(os.path.dirname(agent["StandardErrorPath"]), exist_ok=True)  # launchd makes no folders
+        os.makedirs(os.path.dirname(plist), exist_ok=True)
+        launchctl("bootout", service)  # the one installed before; fails harmlessly when there is none
+        with open(plist, "wb") as f:
+            plistlib.dump(agent, f)
+    except OSError as e:
+        print("cannot write %s: %s" % (plist, e), file=sys.stderr)
+        return 1
+    code, output = launchctl("bootstrap", "gui/%d" % os.getuid(), plist)
+    if code:
+        print("wrote %s, but launchctl bootstrap failed (%d): %s" % (plist, code, output), file=sys.stderr)
+        return 1
+    print("installed and started %s\nits state: launchctl print %s\nits log:   %s" % (
+        plist, service, agent["StandardErrorPath"]))
+    return 0
+
+
+def uninstall_agent():
+    """--uninstall-agent: boots the LaunchAgent out (the gateway stops its children and exits) and removes it."""
+    if not_on_macos("--uninstall-agent"):
+        return 2
+    plist = agent_plist_path(os.path.expanduser("~"))
+    code, output = launchctl("bootout", "gui/%d/%s" % (os.getuid(), AGENT_LABEL))
+    try:
+        os.unlink(plist)
+    except FileNotFoundError:
+        if code:
+            print("no LaunchAgent %s is installed (%s)" % (AGENT_LABEL, output), file=sys.stderr)
+            return 1
+    print("stopped and removed %s" % plist)
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="host_mcp_gateway.py", allow_abbrev=False,
@@ -4406,6 +4613,11 @@ def build_parser():
                       % DEFAULT_CONFIG_PATH)
     mode.add_argument("--demo", action="store_true",
                       help="serve the embedded example server on 127.0.0.1:%d with a new token" % DEFAULT_PORT)
+    mode.add_argument("--reload", action="store_true",
+                      help="check the config, then tell the gateway running with it to reload it (SIGHUP)")
+    mode.add_argument("--install-agent", action="store_true",
+                      help="macOS: check the config, then install and start a LaunchAgent that serves it at login")
+    mode.add_argument("--uninstall-agent", action="store_true", help="macOS: stop and remove that LaunchAgent")
     mode.add_argument("--example-server", action="store_true",
                       help="be the embedded example MCP server on stdin/stdout (what --demo runs)")
     parser.add_argument("--log-level", choices=tuple(Logger.LEVELS),
@@ -4426,17 +4638,27 @@ def main(argv=None):
         return init_config(path or DEFAULT_CONFIG_PATH)
     if args.demo:
         return run_demo(args.log_level)
+    if args.uninstall_agent:
+        return uninstall_agent()
+    path = args.config or DEFAULT_CONFIG_PATH
+
+    def load():
+        return load_to_serve(path, args.log_level)
     try:
-        config, warnings = load_config(args.config or DEFAULT_CONFIG_PATH)
+        config, warnings = load()
     except ConfigError as e:
         report_config_error(e)
         return 2
     if args.check:
         return check_config(config, warnings)
-    logger = Logger(level=args.log_level or config.log_level)
+    if args.reload:
+        return send_reload(path)
+    if args.install_agent:
+        return install_agent(path, config, warnings)
+    logger = Logger(level=config.log_level)
     for warning in warnings:
         logger.warning("config_warning", message=warning)
-    return serve(config, logger)
+    return serve(config, logger, load=load)
 
 
 if __name__ == "__main__":

@@ -787,6 +787,53 @@ class CliTest(unittest.TestCase):
         _, stderr = proc.communicate(timeout=TIMEOUT)
         return [json.loads(line)["event"] for line in stderr.splitlines()]
 
+    def test_launch_agent_is_refused_off_macos(self):
+        if sys.platform == "darwin":
+            self.skipTest("this is macOS")
+        env = dict(os.environ, HOME=self.folder)
+        path = self.write_config(base_config([fake_server()]))
+        for args in (["--install-agent", "-config", path], ["--uninstall-agent"]):
+            with self.subTest(args=args):
+                result = run_cli(*args, env=env)
+                self.assertEqual(result.returncode, 2)
+                self.assertIn("manages a macOS LaunchAgent; this is %s: nothing was written" % sys.platform,
+                              result.stderr)
+        self.assertEqual(os.listdir(self.folder), ["config.json"])
+
+    def test_launch_agent_install_and_uninstall(self):
+        """As on macOS: sys.platform says darwin and a launchctl on PATH records what it is asked."""
+        home, bin_folder = os.path.join(self.folder, "home"), os.path.join(self.folder, "bin")
+        os.makedirs(bin_folder)
+        calls = os.path.join(self.folder, "launchctl.calls")
+        with open(os.path.join(bin_folder, "launchctl"), "w") as f:
+            f.write('#!/bin/sh\necho "$@" >> %s\n' % calls)
+        os.chmod(os.path.join(bin_folder, "launchctl"), 0o755)
+        env = dict(os.environ, HOME=home, PATH=bin_folder + os.pathsep + os.environ["PATH"])
+        as_macos = "import sys, host_mcp_gateway as g; sys.platform = 'darwin'; sys.exit(g.main(sys.argv[1:]))"
+        broken = self.write_config(base_config([{"server_id": "x", "command": "/nonexistent/x"}]))
+        result = subprocess.run([sys.executable, "-c", as_macos, "--install-agent", "-config", broken], cwd=HERE,
+                                env=env, capture_output=True, text=True, timeout=TIMEOUT)
+        self.assertEqual(result.returncode, 2)
+        self.assertIn("not installed: fix the errors above", result.stderr)
+        self.assertFalse(os.path.exists(home))
+        path = self.write_config(base_config([fake_server()]))
+        result = subprocess.run([sys.executable, "-c", as_macos, "--install-agent", "-config", path], cwd=HERE,
+                                env=env, capture_output=True, text=True, timeout=TIMEOUT)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        service = "gui/%d/%s" % (os.getuid(), gw.AGENT_LABEL)
+        self.assertIn("launchctl print " + service, result.stdout)
+        plist = os.path.join(home, "Library", "LaunchAgents", gw.AGENT_LABEL + ".plist")
+        with open(plist, "rb") as f:
+            self.assertEqual(plistlib.load(f), gw.launch_agent(sys.executable, GATEWAY, path, home))
+        self.assertTrue(os.path.isdir(os.path.join(home, "Library", "Logs", "host-mcp-gateway")))
+        result = subprocess.run([sys.executable, "-c", as_macos, "--uninstall-agent"], cwd=HERE, env=env,
+                                capture_output=True, text=True, timeout=TIMEOUT)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertFalse(os.path.exists(plist))
+        with open(calls) as f:
+            self.assertEqual(f.read().splitlines(), ["bootout " + service, "bootstrap gui/%d %s" % (os.getuid(), plist),
+                                                     "bootout " + service])
+
     def test_log_level_from_config_and_command_line(self):
         config = base_config([fake_server(autostart=False)], log_level="warning")
         events = self.served_events(config)
@@ -857,6 +904,12 @@ class SamplesTest(unittest.TestCase):
         path = agent["EnvironmentVariables"]["PATH"].split(":")
         self.assertIn("/opt/homebrew/bin", path)
         self.assertIn("/usr/local/bin", path)
+
+    def test_plist_is_the_one_install_agent_writes(self):
+        with open(os.path.join(HERE, "host-mcp-gateway.plist.sample"), "rb") as f:
+            sample = plistlib.load(f)
+        self.assertEqual(gw.launch_agent("/usr/bin/python3", "/Users/you/host-mcp-gateway/host_mcp_gateway.py",
+                                         "/Users/you/.config/host-mcp-gateway/config.json", "/Users/you"), sample)
 
     def test_check_flags_the_sample_paths_this_host_lacks(self):
         with open(os.path.join(HERE, "config.sample.json")) as f:
@@ -1050,13 +1103,6 @@ class AccessRuleTest(unittest.TestCase):
         self.assertLess(time.monotonic() - started, 5)
         wait_for(lambda: process_gone(pid) and process_gone(grandchild), what="the child and grandchild to end")
 
-    def test_sighup_stops_cleanly_like_sigterm(self):
-        gateway = GatewayProcess(self, base_config([fake_server()]))
-        gateway.wait_state("fake", "ready")
-        pid = gateway.tool("pid")["structuredContent"]["pid"]
-        self.assertEqual(gateway.stop(signal.SIGHUP), 0)
-        gateway.wait_log(lambda r: r.get("event") == "stopped")
-        wait_for(lambda: process_gone(pid), what="the child to end")
 
     def test_sigint_stops_with_a_request_in_flight(self):
         gateway = GatewayProcess(self, base_config([fake_server()]))
@@ -1180,6 +1226,68 @@ class TlsTest(unittest.TestCase):
                 self.assertIn("tls_key_file: %s is not the private key of the certificate in %s" % (
                     other_key, self.cert), result.stderr)
                 self.assertNotIn("Traceback", result.stderr)
+
+
+class ReloadTest(unittest.TestCase):
+    def test_plan(self):
+        a, b = fake_server("a"), fake_server("b")
+        old = gw.validate_config(base_config([a, b, fake_server("c")]))
+        cases = [
+            (base_config([a, b, fake_server("c")]), ([], [], [], ["a", "b", "c"], [])),
+            (base_config([b, fake_server("d")], bind_port=9), (["d"], ["a", "c"], [], ["b"], ["bind_port"])),
+            (base_config([dict(a, args=a["args"] + ["--name", "x"]), b, fake_server("c", autostart=False)],
+                         auth_token=PHONE_TOKEN, max_sessions=3),
+             ([], [], ["a", "c"], ["b"], [])),
+        ]
+        for raw, (added, removed, changed, unchanged, restart) in cases:
+            with self.subTest(raw=raw):
+                self.assertEqual(gw.reload_plan(old, gw.validate_config(raw)), {
+                    "added": added, "removed": removed, "changed": changed, "unchanged": unchanged,
+                    "needs_restart": restart})
+
+    def test_sighup_applies_the_new_config_and_keeps_what_did_not_change(self):
+        named = [{"name": "laptop", "token": TOKEN}, {"name": "phone", "token": PHONE_TOKEN}]
+        servers = [fake_server("keep"), fake_server("gone"), fake_server("change")]
+        gateway = GatewayProcess(self, token_config(servers, auth_tokens=named))
+        pids = {sid: gateway.tool("pid", sid)["structuredContent"]["pid"] for sid in ("keep", "gone", "change")}
+        clients = {sid: McpClient(gateway, sid) for sid in ("keep", "gone", "change")}
+        stream = clients["keep"].open_stream()
+        self.assertEqual(stream.status, 200)
+        with open(gateway.config_path, "w") as f:
+            json.dump(token_config([fake_server("keep"), fake_server("change", "--name", "changed"),
+                                    fake_server("new")], auth_tokens=named[:1], bind_port=9), f)
+        result = run_cli("--reload", "-config", gateway.config_path)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        reloaded = gateway.wait_log(lambda r: r.get("event") == "config_reloaded")
+        self.assertEqual([reloaded[key] for key in ("added", "removed", "changed", "unchanged")],
+                         [["new"], ["gone"], ["change"], ["keep"]])
+        self.assertEqual(gateway.wait_log(lambda r: r.get("event") == "config_needs_restart")["keys"], ["bind_port"])
+        self.assertEqual(gateway.tool("pid", "keep")["structuredContent"]["pid"], pids["keep"])
+        self.assertEqual(clients["keep"].call("notify", method="notifications/message", params={"level": "info"})
+                         ["content"][0]["text"], "notified")
+        self.assertEqual(stream_until(stream, lambda m: m.get("method") == "notifications/message")[-1][1]["method"],
+                         "notifications/message")  # the stream opened before the reload carries on
+        self.assertEqual(clients["gone"].post(rpc("ping"))[0], 404)  # server_not_found
+        self.assertEqual(clients["change"].post(rpc("ping"))[0], 404)  # session_not_found: closed with its child
+        self.assertNotEqual(gateway.tool("pid", "change")["structuredContent"]["pid"], pids["change"])
+        self.assertEqual(gateway.wait_state("new", "ready")["server_info"]["name"], "fake")
+        wait_for(lambda: process_gone(pids["gone"]) and process_gone(pids["change"]), what="the old children to end")
+        self.assertEqual(gateway.request("GET", "/servers", token=PHONE_TOKEN)[0], 401)  # revoked at once
+        with open(gateway.config_path, "w") as f:
+            f.write('{"servers": [}')
+        gateway.proc.send_signal(signal.SIGHUP)
+        failed = gateway.wait_log(lambda r: r.get("event") == "config_reload_failed")
+        self.assertIn("invalid JSON", failed["errors"][0])
+        self.assertEqual(gateway.tool("pid", "keep")["structuredContent"]["pid"], pids["keep"])
+        hang_up(stream)
+        self.assertEqual(gateway.stop(), 0)
+        result = run_cli("--reload", "-config", gateway.config_path)
+        self.assertEqual(result.returncode, 2)  # the config is checked first
+        with open(gateway.config_path, "w") as f:
+            json.dump(base_config([fake_server()]), f)
+        result = run_cli("--reload", "-config", gateway.config_path)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("no gateway is running with " + gateway.config_path, result.stderr)
 
 
 class OrphanTest(unittest.TestCase):
