@@ -20,6 +20,7 @@ Endpoints: `POST /{server_id}/rpc` is an MCP Streamable HTTP endpoint (POST, GET
 Quick start:   python3 host_mcp_gateway.py --demo
 Own config:    python3 host_mcp_gateway.py --init  (then edit it)  and  python3 host_mcp_gateway.py --check
 Run:           python3 host_mcp_gateway.py -config ~/.config/host-mcp-gateway/config.json
+Reload:        python3 host_mcp_gateway.py --reload (SIGHUP)   At login (macOS): --install-agent
 
 Config keys are listed in CONFIG_FIELDS and SERVER_FIELDS (§4) and in README.md.
 Python >= 3.9, standard library only. Sections: `grep -n '^# §' host_mcp_gateway.py`.
@@ -1677,6 +1678,11 @@ def group_alive(pgid):
     return True
 
 
+def valid_pid(value):
+    """Whether a recorded pid may be signalled: killpg(0) or killpg(1) would reach this group or everything."""
+    return _is_int(value) and value > 1
+
+
 def signal_groups(pgids, signum):
     for pgid in pgids:
         try:
@@ -1728,11 +1734,13 @@ class StateFile:
         previous = self.read(self.path)
         if previous is not None:
             owner = previous["gateway"]
-            if owner.get("pid") != os.getpid() and process_start_time(owner.get("pid", 0)) == owner.get("start_time"):
+            if valid_pid(owner.get("pid")) and owner["pid"] != os.getpid() and \
+                    process_start_time(owner["pid"]) == owner.get("start_time"):
                 self._log.warning("state_file_in_use", path=self.path, pid=owner["pid"],
                                   note="another gateway runs with this config; its children are left alone")
             else:
-                self._end_survivors([entry for entry in previous.get("children", ()) if isinstance(entry, dict)])
+                self._end_survivors([entry for entry in previous.get("children") or () if isinstance(entry, dict)
+                                     and valid_pid(entry.get("pid"))])
         with self._lock:
             self._gateway = {"pid": os.getpid(), "start_time": process_start_time(os.getpid()),
                              "config": config_path}
@@ -4513,7 +4521,7 @@ def send_reload(path):
     record = StateFile.read(state_file_path(path))
     owner = record["gateway"] if record else {}
     pid = owner.get("pid")
-    if not isinstance(pid, int) or process_start_time(pid) != owner.get("start_time"):
+    if not valid_pid(pid) or process_start_time(pid) != owner.get("start_time"):
         print("no gateway is running with %s (looked in %s)" % (path, state_file_path(path)), file=sys.stderr)
         return 1
     os.kill(pid, signal.SIGHUP)

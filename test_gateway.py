@@ -1291,6 +1291,11 @@ class ReloadTest(unittest.TestCase):
 
 
 class OrphanTest(unittest.TestCase):
+    def test_only_real_pids_are_signalled(self):
+        for value, ok in [(2, True), (1, False), (0, False), (-1, False), ("5", False), (True, False), (None, False)]:
+            with self.subTest(value=value):
+                self.assertEqual(gw.valid_pid(value), ok)
+
     def test_fates_of_recorded_children(self):
         entry = {"server_id": "s", "pid": 100, "start_time": "t1"}
         cases = [("t1", True, "end"), ("t1", False, "end"), ("t2", True, "reused"), ("t2", False, "reused"),
