@@ -20,6 +20,7 @@ Endpoints: `POST /{server_id}/rpc` is an MCP Streamable HTTP endpoint (POST, GET
 Quick start:   python3 host_mcp_gateway.py --demo
 Own config:    python3 host_mcp_gateway.py --init  (then edit it)  and  python3 host_mcp_gateway.py --check
 Run:           python3 host_mcp_gateway.py -config ~/.config/host-mcp-gateway/config.json
+Reload:        python3 host_mcp_gateway.py --reload (SIGHUP)   At login (macOS): --install-agent
 
 Config keys are listed in CONFIG_FIELDS and SERVER_FIELDS (§4) and in README.md.
 Python >= 3.9, standard library only. Sections: `grep -n '^# §' host_mcp_gateway.py`.
@@ -41,6 +42,7 @@ import json
 import math
 import os
 import platform
+import plistlib
 import queue
 import random
 import re
@@ -51,6 +53,7 @@ import shutil
 import signal
 import socket
 import socketserver
+import ssl
 import stat
 import subprocess
 import sys
@@ -69,6 +72,9 @@ SERVER_HEADER = "host-mcp-gateway"  # no version numbers: the default tells ever
 DEFAULT_CONFIG_PATH = "~/.config/host-mcp-gateway/config.json"
 DEFAULT_PORT = 7411
 LAUNCHD_PATH = "/usr/bin:/bin:/usr/sbin:/sbin"  # what launchd gives a LaunchAgent unless told otherwise
+# What the LaunchAgent sets: Homebrew's folders (Apple silicon, Intel) first, for servers run as npx or uvx.
+AGENT_PATH = "/opt/homebrew/bin:/usr/local/bin:" + LAUNCHD_PATH
+AGENT_LABEL = "com.example.host-mcp-gateway"
 
 # MCP protocol revisions that use the initialize handshake, newest first. The gateway itself speaks the newest
 # to its children; a client asking for an older one gets it on its session.
@@ -146,6 +152,10 @@ def session_required(server_id):
                         server_id=server_id)
 
 
+def server_not_found(server_id):
+    return GatewayError("no server with server_id %r" % server_id, 404, "server_not_found", server_id=server_id)
+
+
 def unavailable(server_id, message):
     return GatewayError(message, 503, "server_unavailable", JSONRPC_SERVER_ERROR, server_id=server_id)
 
@@ -168,7 +178,7 @@ def current_span():
     return getattr(_active, "span", None)
 
 
-_SECRET_KEYS = frozenset({"authorization", "auth_token", "token", "env"})
+_SECRET_KEYS = frozenset({"authorization", "auth_token", "auth_tokens", "token", "env"})
 
 
 class Logger:
@@ -187,6 +197,9 @@ class Logger:
         self._writer = None  # the background writer thread, once started
         self._closed = threading.Event()
         self._second, self._second_text = 0, ""  # the timestamp's whole seconds, formatted once a second
+
+    def set_level(self, level):
+        self._threshold = self.LEVELS[level]
 
     def start_background(self):
         """From now on a thread writes lines in batches, so a request never waits on stderr."""
@@ -463,6 +476,88 @@ def _check_auth_token(value):
     return None
 
 
+TOKEN_ENV = "HOST_MCP_GATEWAY_TOKEN"
+TOKEN_SOURCES = ("auth_token", "auth_token_file", "auth_tokens", TOKEN_ENV)  # exactly one gives the tokens
+DEFAULT_TOKEN_NAME = "default"  # what a single token is called in logs, spans and /servers
+# A token's name goes into log lines, span attributes and /servers: short, and safe in all three.
+TOKEN_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
+
+
+def config_file_path(config_dir, value):
+    """A file a config names: `~` expanded, relative to the config's folder."""
+    return os.path.join(config_dir, os.path.expanduser(value))
+
+
+def readable_by_others(path):
+    """Whether the group or other users may read the file."""
+    return bool(os.stat(path).st_mode & (stat.S_IRGRP | stat.S_IROTH))
+
+
+def read_token_file(path):
+    """(token, None) from a token file, its trailing newline stripped, or (None, problem). A file others may
+    read is refused: the token is the only credential."""
+    try:
+        if readable_by_others(path):
+            return None, "%s is readable by other users; run: chmod 600 %s" % (path, path)
+        with open(path, "rb") as f:
+            token = f.read().decode("utf-8").rstrip("\r\n")
+    except (OSError, UnicodeDecodeError) as e:
+        return None, "cannot read %s: %s" % (path, getattr(e, "strerror", None) or e)
+    problem = _check_auth_token(token)
+    return (None, "%s %s" % (path, problem)) if problem else (token, None)
+
+
+def named_token_problems(value):
+    """What is wrong with an auth_tokens list, each problem with its path."""
+    if not isinstance(value, list) or not value:
+        return ['auth_tokens: must be a non-empty list of {"name": ..., "token": ...} objects']
+    problems, names, tokens = [], set(), set()
+    for index, entry in enumerate(value):
+        where = "auth_tokens[%d]" % index
+        if not isinstance(entry, dict) or set(entry) != {"name", "token"}:
+            problems.append('%s: must be an object with exactly "name" and "token"' % where)
+            continue
+        name, token = entry["name"], entry["token"]
+        if not (isinstance(name, str) and TOKEN_NAME_RE.match(name)):
+            problems.append("%s.name: must be 1 to 64 letters, digits, '.', '_' or '-'" % where)
+        elif name in names:
+            problems.append("%s.name: duplicate name '%s'" % (where, name))
+        problem = _check_auth_token(token)
+        if problem:
+            problems.append("%s.token: %s" % (where, problem))
+        elif token in tokens:
+            problems.append("%s.token: the same token as another entry; each client needs its own" % where)
+        names.add(name)
+        tokens.add(token)
+    return problems
+
+
+def resolve_tokens(values, environ, config_dir, errors):
+    """([(name, token)], source) from the one token source the config and environment give; problems go to
+    `errors`. The file is read here, so --check and every start (and reload) see the same token."""
+    given = [key for key in TOKEN_SOURCES[:3] if values[key] is not None] + [
+        key for key in TOKEN_SOURCES[3:] if key in environ]
+    if len(given) != 1:
+        errors.append("token: %s" % ("no token source; set one of " + ", ".join(TOKEN_SOURCES) if not given else
+                                     " and ".join(given) + " each give a token; keep exactly one"))
+        return [], None
+    source = given[0]
+    if source == "auth_token":
+        return [(DEFAULT_TOKEN_NAME, values["auth_token"])], source
+    if source == "auth_tokens":
+        problems = named_token_problems(values["auth_tokens"])
+        errors.extend(problems)
+        return ([] if problems else [(entry["name"], entry["token"]) for entry in values["auth_tokens"]]), source
+    if source == TOKEN_ENV:
+        token, problem = environ[TOKEN_ENV], _check_auth_token(environ[TOKEN_ENV])
+    else:
+        token, problem = read_token_file(config_file_path(config_dir, values["auth_token_file"]))
+    if problem:
+        errors.append("%s: %s" % (source, problem))
+        return [], source
+    return [(DEFAULT_TOKEN_NAME, token)], source
+
+
 class Field:
     """One config key: its default (REQUIRED when it has none), its check, and its line in README's table."""
     REQUIRED = object()
@@ -476,7 +571,16 @@ class Field:
 CONFIG_FIELDS = {
     "bind_host": Field("127.0.0.1", _check_bind_host, "address to listen on; IPv4 or IPv6, `::` for all"),
     "bind_port": Field(DEFAULT_PORT, _check_port, "port to listen on; 0 picks a free one and logs it"),
-    "auth_token": Field(Field.REQUIRED, _check_auth_token, "bearer token every request must carry (>= 32 chars)"),
+    "auth_token": Field(None, _check_auth_token, "bearer token every request must carry (>= 32 chars); one of "
+                        "the four token sources"),
+    "auth_token_file": Field(None, _check_nonempty_string,
+                             "file holding the token, mode 0600 (relative to the config's folder), so the config "
+                             "can be shown without it"),
+    "auth_tokens": Field(None, None, 'named tokens, one per client (`[{"name": "laptop", "token": "..."}]`), so that '
+                         "one can be revoked alone; the name shows in logs and `/servers`"),
+    "tls_cert_file": Field(None, _check_nonempty_string,
+                           "PEM certificate (chain) to serve HTTPS with, TLS 1.2 or newer; with tls_key_file"),
+    "tls_key_file": Field(None, _check_nonempty_string, "PEM private key of tls_cert_file"),
     "allowed_clients": Field(Field.REQUIRED, _check_clients,
                              "client IPs or CIDRs allowed to connect; `localhost` = 127.0.0.0/8 and ::1"),
     "allowed_origins": Field([], _check_origins,
@@ -585,12 +689,18 @@ class ServerSpec:
 class Config:
     """The whole validated config. Values keep the names of the JSON keys."""
 
-    def __init__(self, values, servers, path=None):
+    def __init__(self, values, servers, path=None, tokens=(), token_source=None):
         for key in CONFIG_FIELDS:
             if key != "servers":
                 setattr(self, key, values[key])
         self.servers = servers
         self.path = path
+        self.tokens = list(tokens)  # [(name, token)] every request is checked against
+        self.token_source = token_source  # which of TOKEN_SOURCES gave them
+
+    @property
+    def token_names(self):
+        return [name for name, _ in self.tokens]
 
 
 def unknown_key_hint(key, fields, aliases):
@@ -637,8 +747,9 @@ def _check_server_id(value, seen):
     return None
 
 
-def validate_config(raw, path=None):
-    """Returns a Config or raises ConfigError listing every problem, each with its JSON path."""
+def validate_config(raw, path=None, environ=None):
+    """Returns a Config or raises ConfigError listing every problem, each with its JSON path. `environ` is where
+    the token may come from (TOKEN_ENV); None: nowhere."""
     if not isinstance(raw, dict):
         raise ConfigError(["config: must be a JSON object"])
     errors = []
@@ -673,9 +784,17 @@ def validate_config(raw, path=None):
             problem = Allowlist.entry_problem(entry)
             if problem:
                 errors.append("allowed_clients[%d]: %s" % (index, problem))
+    if (values["tls_cert_file"] is None) != (values["tls_key_file"] is None):
+        errors.append("tls_cert_file, tls_key_file: give both (HTTPS) or neither (HTTP)")
+    tokens, token_source = resolve_tokens(values, environ or {}, config_folder(path), errors)
     if errors:
         raise ConfigError(errors)
-    return Config(values, servers, path)
+    return Config(values, servers, path, tokens, token_source)
+
+
+def config_folder(path):
+    """The folder relative file names in a config are taken from: the config file's."""
+    return os.path.dirname(os.path.abspath(path or "."))
 
 
 def describe_json_error(error):
@@ -690,13 +809,29 @@ def describe_json_error(error):
     return where
 
 
-def load_config(path):
-    """Reads and validates the config file; returns (Config, warnings) or raises ConfigError."""
+RESTART_KEYS = ("bind_host", "bind_port", "tls_cert_file", "tls_key_file")  # fixed once the gateway listens
+
+
+def reload_plan(old, new):
+    """What a reload does (pure): server ids added, removed, changed (any setting differs: the server restarts)
+    and unchanged (its child and sessions carry on), and the keys whose change waits for a restart."""
+    before = {spec.server_id: vars(spec) for spec in old.servers}
+    after = {spec.server_id: vars(spec) for spec in new.servers}
+    return {"added": [sid for sid in after if sid not in before],
+            "removed": [sid for sid in before if sid not in after],
+            "changed": [sid for sid in after if sid in before and after[sid] != before[sid]],
+            "unchanged": [sid for sid in after if after[sid] == before.get(sid)],
+            "needs_restart": [key for key in RESTART_KEYS if getattr(old, key) != getattr(new, key)]}
+
+
+def load_config(path, environ=None):
+    """Reads and validates the config file, with the token environment variable of `environ` (default
+    os.environ); returns (Config, warnings) or raises ConfigError."""
     path = os.path.expanduser(path)
     try:
         with open(path, "rb") as f:
             text = f.read().decode("utf-8")
-        mode = os.stat(path).st_mode
+        shared = readable_by_others(path)
     except FileNotFoundError:
         raise ConfigError(["%s: no such file; create one with --init" % path]) from None
     except (OSError, UnicodeDecodeError) as e:
@@ -705,9 +840,9 @@ def load_config(path):
         raw = json.loads(text)
     except json.JSONDecodeError as e:
         raise ConfigError(["%s: %s" % (path, describe_json_error(e))]) from None
-    config = validate_config(raw, path)
+    config = validate_config(raw, path, os.environ if environ is None else environ)
     warnings = []
-    if mode & (stat.S_IRGRP | stat.S_IROTH):
+    if shared and config.token_source in ("auth_token", "auth_tokens"):  # the others keep it out of the file
         warnings.append("%s is readable by other users and holds the token; run: chmod 600 %s" % (path, path))
     return config, warnings
 
@@ -1851,6 +1986,180 @@ def child_handshake_params(spec, client_params=None):
     return dict(client_params, capabilities=capabilities)
 
 
+# Processes recorded in the state file ------------------------------------------------------------------------------
+
+STATE_DIR_ENV = "HOST_MCP_GATEWAY_STATE_DIR"  # where state files go instead of the platform's folder
+_HAVE_PROC = os.path.exists("/proc/self/stat")
+
+
+def state_folder(environ, platform, home):
+    """Where the gateway keeps its state files: HOST_MCP_GATEWAY_STATE_DIR, else the platform's folder for it."""
+    if environ.get(STATE_DIR_ENV):
+        return environ[STATE_DIR_ENV]
+    if platform == "darwin":
+        return os.path.join(home, "Library", "Application Support", "host-mcp-gateway")
+    return os.path.join(environ.get("XDG_STATE_HOME") or os.path.join(home, ".local", "state"), "host-mcp-gateway")
+
+
+def state_file_path(config_path, environ=None):
+    """One state file per config file (gateways of different configs keep apart); the demo has its own."""
+    key = os.path.realpath(os.path.expanduser(config_path)) if config_path else "demo"
+    name = "gateway-%s.json" % hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
+    return os.path.join(state_folder(os.environ if environ is None else environ, sys.platform,
+                                     os.path.expanduser("~")), name)
+
+
+def process_start_time(pid):
+    """When a process started, as text that differs for a pid the system has reused; None when none runs.
+    Linux: /proc/PID/stat field 22 (clock ticks since boot); elsewhere `ps -o lstart=` (to the second)."""
+    if _HAVE_PROC:
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return None if fields[0] == "Z" else "ticks:" + fields[19]
+    try:
+        result = subprocess.run(["ps", "-o", "lstart=", "-p", str(pid)], capture_output=True, text=True,
+                                timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() or None
+
+
+def group_alive(pgid):
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def valid_pid(value):
+    """Whether a recorded pid may be signalled: killpg(0) or killpg(1) would reach this group or everything."""
+    return _is_int(value) and value > 1
+
+
+def signal_groups(pgids, signum):
+    for pgid in pgids:
+        try:
+            os.killpg(pgid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def recorded_child_fate(entry, start_time_of, group_alive_of):
+    """What to do with a child a gateway that is gone recorded, by what runs now (pure, given the two probes):
+    "end" its group when its leader still runs with the recorded start time, or has gone leaving members of
+    its group (a group id is not reused while the group exists); "reused" when its pid now names another
+    process: that one is left alone; "gone" when nothing of it is left."""
+    started = start_time_of(entry["pid"])
+    if started == entry["start_time"]:
+        return "end"
+    if started is not None:
+        return "reused"
+    return "end" if group_alive_of(entry["pid"]) else "gone"
+
+
+class StateFile:
+    """What a gateway records of itself while it runs: its pid and start time (--reload finds it by them) and the
+    process group of every child it started, with the child's start time. A gateway that is SIGKILLed cannot
+    stop its children; the next one started with the same config ends those that survived (claim). Written whole
+    and atomically on each change, so a reader never sees half of it."""
+
+    def __init__(self, path, logger):
+        self.path = path
+        self._log = logger
+        self._lock = threading.Lock()  # guards the fields below and orders the writes
+        self._children = {}  # child pid (= its process group) -> {"server_id", "pid", "start_time"}
+        self._gateway = None  # {"pid", "start_time", "config"} of this process, once claimed
+        self._failed = False  # a write failed: logged once
+
+    @staticmethod
+    def read(path):
+        """The record a state file holds, or None when there is none (or it is unreadable)."""
+        try:
+            with open(path, "rb") as f:
+                record = json.loads(f.read().decode("utf-8"))
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) and isinstance(record.get("gateway"), dict) else None
+
+    def claim(self, config_path):
+        """Ends the children a previous gateway of this config left running, then records this one. When that
+        gateway still runs (same pid and start time), its children are its own: none is touched."""
+        previous = self.read(self.path)
+        if previous is not None:
+            owner = previous["gateway"]
+            if valid_pid(owner.get("pid")) and owner["pid"] != os.getpid() and \
+                    process_start_time(owner["pid"]) == owner.get("start_time"):
+                self._log.warning("state_file_in_use", path=self.path, pid=owner["pid"],
+                                  note="another gateway runs with this config; its children are left alone")
+            else:
+                self._end_survivors([entry for entry in previous.get("children") or () if isinstance(entry, dict)
+                                     and valid_pid(entry.get("pid"))])
+        with self._lock:
+            self._gateway = {"pid": os.getpid(), "start_time": process_start_time(os.getpid()),
+                             "config": config_path}
+            self._write()
+
+    def _end_survivors(self, entries):
+        fates = [(entry, recorded_child_fate(entry, process_start_time, group_alive)) for entry in entries]
+        survivors = [entry["pid"] for entry, fate in fates if fate == "end"]
+        signal_groups(survivors, signal.SIGTERM)  # the grace stop() gives a child, then SIGKILL for the group
+        deadline = now() + CHILD_STOP_GRACE_S
+        while now() < deadline and any(group_alive(pgid) for pgid in survivors):
+            time.sleep(0.05)  # not our children: there is no exit to wait on, only their absence to look for
+        signal_groups(survivors, signal.SIGKILL)
+        for entry, fate in fates:
+            if fate != "gone":
+                (self._log.warning if fate == "end" else self._log.info)(
+                    "orphan_ended" if fate == "end" else "orphan_left_alone", server_id=entry.get("server_id"),
+                    pid=entry["pid"], reason="its gateway is gone" if fate == "end" else
+                    "the pid now belongs to another process")
+
+    def add(self, server_id, pid):
+        entry = {"server_id": server_id, "pid": pid, "start_time": process_start_time(pid)}
+        with self._lock:
+            self._children[pid] = entry
+            self._write()
+
+    def remove(self, pid):
+        with self._lock:
+            if self._children.pop(pid, None) is not None:
+                self._write()
+
+    def close(self):
+        """The gateway has stopped its children: the file goes, unless one could not be killed (the next start
+        tries again)."""
+        with self._lock:
+            if self._gateway is not None and not self._children:
+                self._gateway = None
+                try:
+                    os.unlink(self.path)
+                except OSError:
+                    pass
+
+    def _write(self):
+        """Caller holds self._lock. Only after claim(), and never after close()."""
+        if self._gateway is None:
+            return
+        record = {"gateway": self._gateway, "children": list(self._children.values())}
+        temporary = self.path + ".tmp"
+        try:
+            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+            with open(temporary, "w") as f:
+                f.write(json.dumps(record, indent=1) + "\n")
+            os.replace(temporary, self.path)
+        except OSError as e:
+            if not self._failed:
+                self._failed = True
+                self._log.error("state_file_failed", path=self.path, error=str(e),
+                                note="children that outlive a SIGKILL of the gateway will not be ended")
+
+
 class PendingCall:
     """A request forwarded to a child and not yet answered."""
     __slots__ = ("caller_id", "method", "session", "progress_token", "answers")
@@ -1889,10 +2198,11 @@ class ChildProcess:
     that stops reading; stdout and stderr each have a reader thread, so a full pipe never stalls the child.
     Requests get fresh gateway-owned ids; answers go back with the caller's."""
 
-    def __init__(self, spec, config, logger, on_unsolicited):
+    def __init__(self, spec, config, logger, on_unsolicited, state_file=None):
         self.spec = spec
         self.server_id = spec.server_id
         self._log = logger
+        self._state_file = state_file  # the StateFile its process group is recorded in while it runs, or None
         self._max_line_bytes = config.max_message_bytes
         self._request_timeout_ms = config.request_timeout_ms  # named in a timeout's message
         self._on_unsolicited = on_unsolicited  # (child, message, kind) for child messages that answer no call
@@ -1922,6 +2232,7 @@ class ChildProcess:
     def start(self):
         spec = self.spec
         env = dict(os.environ)
+        env.pop(TOKEN_ENV, None)  # the gateway's credential is none of its servers' business
         env.update(spec.env)
         working_dir = os.path.expanduser(spec.working_dir) if spec.working_dir else None
         try:
@@ -1930,6 +2241,8 @@ class ChildProcess:
                 stderr=subprocess.PIPE, cwd=working_dir, env=env, start_new_session=True)
         except OSError as e:
             raise unavailable(self.server_id, self._spawn_problem(e)) from None
+        if self._state_file is not None:
+            self._state_file.add(self.server_id, self.pid)
         self._stdin_fd = self.process.stdin.fileno()
         os.set_blocking(self._stdin_fd, False)
         self._stdin_open = True
@@ -2224,14 +2537,16 @@ class ChildProcess:
         self.fail_calls(unavailable(self.server_id, "server %s: %s" % (self.server_id, reason)))
         self._closing.set()
         self._join_thread("-stdin", POLL_S * 2)
-        self._signal_group(signal.SIGTERM)
+        signal_groups([self.process.pid], signal.SIGTERM)
         try:
             self.process.wait(timeout=CHILD_STOP_GRACE_S)
         except subprocess.TimeoutExpired:
             pass
-        self._signal_group(signal.SIGKILL)  # also reaches grandchildren that outlived the leader
+        signal_groups([self.process.pid], signal.SIGKILL)  # also reaches grandchildren that outlived the leader
         try:
             self.process.wait(timeout=CHILD_STOP_GRACE_S)
+            if self._state_file is not None:
+                self._state_file.remove(self.pid)  # its group got SIGKILL: nothing of it is left to end
         except subprocess.TimeoutExpired:
             self._log.error("child_unkillable", server_id=self.server_id, pid=self.pid)
         for thread in self._threads:
@@ -2246,12 +2561,6 @@ class ChildProcess:
         for thread in self._threads:
             if thread.name.startswith(self.server_id + suffix):
                 thread.join(timeout=timeout)
-
-    def _signal_group(self, signum):
-        try:
-            os.killpg(self.process.pid, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 # § 8 Supervisor ------------------------------------------------------------------------------------------------------
@@ -2277,8 +2586,10 @@ class ServerRuntime:
     """One configured server: its current child, its state, and the supervisor thread that starts it, watches
     it and applies the restart policy. States: stopped, starting, ready, backoff, failed."""
 
-    def __init__(self, spec, config, logger, telemetry, on_unsolicited, on_ready=None, handshake_params=None):
+    def __init__(self, spec, config, logger, telemetry, on_unsolicited, on_ready=None, handshake_params=None,
+                 state_file=None):
         self.spec = spec
+        self.state_file = state_file  # the StateFile its children are recorded in (the gateway's), or None
         self.server_id = spec.server_id
         self._config = config
         self._log = logger
@@ -2304,6 +2615,7 @@ class ServerRuntime:
         self._down = False  # the restart policy let it stay down: no more starts
         self._thread = None
         self._stop = threading.Event()
+        self._stop_reason = None  # why it stops, for the calls it fails: set with _stop
 
     def start(self):
         """Starts supervising (idempotent): at gateway start for autostart servers, else on first request."""
@@ -2327,13 +2639,15 @@ class ServerRuntime:
                 raise GatewayError("server %s already runs %d per-session children (max_children)" % (
                     self.server_id, self.spec.max_children), 503, "too_many_children", server_id=self.server_id)
             self.private[session_id] = private
+        private.state_file = self.state_file
         private.start()
 
     def release(self, session_id):
         with self._cond:
             self.private.pop(session_id, None)
 
-    def request_stop(self):
+    def request_stop(self, reason="the gateway is stopping"):
+        self._stop_reason = self._stop_reason or reason
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
@@ -2354,7 +2668,7 @@ class ServerRuntime:
                 if self.state == "ready" and self.child.accepting_calls:
                     return self.child
                 if self._stop.is_set():
-                    raise unavailable(self.server_id, "server %s: the gateway is stopping" % self.server_id)
+                    raise unavailable(self.server_id, "server %s: %s" % (self.server_id, self._stop_reason))
                 if self._down or self._failed_since_ready:
                     raise unavailable(self.server_id, self._unavailable_reason())
                 remaining = deadline - now()
@@ -2415,7 +2729,8 @@ class ServerRuntime:
         """Starts one child and watches it until it exits or the gateway stops it. Returns (child, seconds it
         was ready, or None if it never became ready)."""
         child = ChildProcess(self.spec, self._config, self._log,
-                             lambda child, message, kind: self._on_unsolicited(self, child, message, kind))
+                             lambda child, message, kind: self._on_unsolicited(self, child, message, kind),
+                             self.state_file)
         self._set(state="starting", _next_start_at=None)
         startup_ms = self.spec.startup_timeout_ms or self._config.request_timeout_ms
         restarted = self.init_result is not None
@@ -2452,7 +2767,7 @@ class ServerRuntime:
                 child.fail_calls(child.exit_error())
                 break
         summary = child.exit_summary() if not self._stop.is_set() else None
-        child.stop("the gateway is stopping" if self._stop.is_set() else "it exited")
+        child.stop(self._stop_reason if self._stop.is_set() else "it exited")
         self._set(state="starting", child=None, _ready_since=None,
                   last_exit=describe_exit(child.process.returncode), last_error=summary)
         if summary:
@@ -2494,6 +2809,10 @@ class ServerRuntime:
         if self.era == MODERN:
             return FIRST_MODERN_VERSION
         return (self.init_result or {}).get("protocolVersion")
+
+    def use_config(self, config):
+        """A reloaded config's gateway-wide settings (timeouts, backoff), from its next call or start on."""
+        self._config = config
 
     def describe(self):
         """What /servers shows: never env values or the token."""
@@ -2561,6 +2880,7 @@ class Session:
         self.client = client_label(params)
         self.log_level = None  # set by logging/setLevel on a modern child, which gets it in each request's _meta
         self.opened_by = opened_by  # "initialize", or "GET" for a stream opened without a session
+        self.token_name = None  # the name of the token it was opened with, for /servers
         self.protocol_version = None  # negotiated at initialize
         self.subscriptions = set()  # resource uris it subscribed to (Router._lock)
         self.opened_at = self.last_seen = now()
@@ -2684,27 +3004,28 @@ class Session:
         """What /servers shows of it."""
         return {"session": self.label, "client": self.client, "protocol_version": self.protocol_version,
                 "opened_by": self.opened_by, "age_s": round(now() - self.opened_at, 3),
-                "idle_s": round(now() - self.last_seen, 3), "used": self.used, "stream_open": self.streaming}
+                "idle_s": round(now() - self.last_seen, 3), "used": self.used, "stream_open": self.streaming,
+                "token_name": self.token_name}
 
 
 class SessionStore:
     """Open sessions by id, capped in number."""
 
     def __init__(self, max_sessions, meter):
-        self._max = max_sessions
+        self.max_sessions = max_sessions  # a reload may change it
         self._meter = meter
         self._lock = threading.Lock()
         self._sessions = {}  # session id -> Session (self._lock)
 
     def full(self):
         with self._lock:
-            return len(self._sessions) >= self._max
+            return len(self._sessions) >= self.max_sessions
 
     def add(self, session):
         with self._lock:
-            if len(self._sessions) >= self._max:
+            if len(self._sessions) >= self.max_sessions:
                 raise GatewayError("all %d sessions are busy (max_sessions): each has a call in flight or an "
-                                   "open stream" % self._max, 503, "too_many_sessions")
+                                   "open stream" % self.max_sessions, 503, "too_many_sessions")
             self._sessions[session.id] = session
         self._meter.sessions.record(1, (("host_mcp_gateway.server_id", session.server_id),))
 
@@ -2978,6 +3299,19 @@ class Router:
     def start(self):
         self._reaper.start()
 
+    def close_sessions(self, sessions, reason):
+        """Ends these sessions; their own children (isolation "session") all stop at once, not one after another."""
+        for session in sessions:
+            if session.runtime is not session.parent:
+                session.runtime.request_stop(reason)
+        for session in sessions:
+            self.close_session(session, reason)
+
+    def use_config(self, config):
+        """A reloaded config's session settings, for the sessions and requests that come next."""
+        self._config = config
+        self.sessions.max_sessions = config.max_sessions
+
     def end_streams(self):
         """Ends every GET event stream (the gateway is stopping); sessions stay until stop()."""
         for session in self.sessions.all():
@@ -2986,12 +3320,7 @@ class Router:
     def stop(self):
         """Ends every session (their streams close) and the reaper thread."""
         self._stop.set()
-        sessions = self.sessions.all()
-        for session in sessions:
-            if session.runtime is not session.parent:
-                session.runtime.request_stop()  # all private children stop at once, not one after another
-        for session in sessions:
-            self.close_session(session, "the gateway is stopping")
+        self.close_sessions(self.sessions.all(), "the gateway is stopping")
         if self._reaper.is_alive():
             self._reaper.join(timeout=POLL_S * 2)
 
@@ -3422,11 +3751,12 @@ class Router:
 
     def _reap(self):
         """Expires idle sessions and requests that no client answered in time."""
-        idle_s = self._config.session_idle_timeout_ms / 1000.0
-        grace_s = self._config.session_grace_ms / 1000.0
-        interval = min(30.0, max(0.05, min(idle_s, grace_s) / 4))
+        interval = 0.05
         try:
             while not self._stop.wait(interval):
+                idle_s = self._config.session_idle_timeout_ms / 1000.0  # read each time: a reload may change them
+                grace_s = self._config.session_grace_ms / 1000.0
+                interval = min(30.0, max(0.05, min(idle_s, grace_s) / 4))
                 for session in self.sessions.all():
                     if session.streaming:
                         continue
@@ -3715,6 +4045,14 @@ CORS_ALLOW_HEADERS = "Authorization, Content-Type, Accept, Mcp-Session-Id, MCP-P
 CORS_EXPOSE_HEADERS = "Mcp-Session-Id, WWW-Authenticate"
 
 
+class Runtimes(dict):
+    """server_id -> ServerRuntime. A reload replaces the map whole; a request that found its server in the old
+    map and looks again in the new one, where a reload removed it, gets 404, as it would a moment later."""
+
+    def __missing__(self, server_id):
+        raise server_not_found(server_id)
+
+
 def match_route(path, server_ids):
     """(route name, server_id or None, allowed methods) for a path, or GatewayError 404."""
     if path in STATIC_ROUTES:
@@ -3723,7 +4061,7 @@ def match_route(path, server_ids):
     if len(parts) == 3 and parts[0] == "" and parts[2] == "rpc":
         if parts[1] in server_ids:
             return "mcp", parts[1], MCP_METHODS
-        raise GatewayError("no server with server_id %r" % parts[1], 404, "server_not_found", server_id=parts[1])
+        raise server_not_found(parts[1])
     raise GatewayError("no such path: %s" % path, 404, "not_found")
 
 
@@ -3786,7 +4124,7 @@ class Slots:
     are dropped, so the table holds only what is in use and is bounded by it."""
 
     def __init__(self, caps):
-        self._caps = caps  # kind of key -> most in use at once
+        self.caps = caps  # kind of key -> most in use at once; replaced whole by a reload
         self._lock = threading.Lock()
         self._counts = {}  # (kind, value) -> number in use (self._lock)
 
@@ -3794,7 +4132,7 @@ class Slots:
         """Takes one under every (kind, value) key, or none: then returns the first key at its cap."""
         with self._lock:
             for key in keys:
-                if self._counts.get(key, 0) >= self._caps[key[0]]:
+                if self._counts.get(key, 0) >= self.caps[key[0]]:
                     return key
             for key in keys:
                 self._counts[key] = self._counts.get(key, 0) + 1
@@ -3879,6 +4217,34 @@ def refuse_at_accept(sock, error):
         pass
 
 
+def tls_context(config):
+    """The TLS server context of a config (TLS 1.2 or newer), or None when it serves plain HTTP. Raises
+    ConfigError when a file cannot be read or the key is not the certificate's: --check and start say the same."""
+    if config.tls_cert_file is None:
+        return None
+    folder = config_folder(config.path)
+    cert, key = (config_file_path(folder, value) for value in (config.tls_cert_file, config.tls_key_file))
+    for name, path in (("tls_cert_file", cert), ("tls_key_file", key)):
+        if not os.path.isfile(path):
+            raise ConfigError(["%s: %s does not exist" % (name, path)])
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except ssl.SSLError as e:
+        if e.reason == "KEY_VALUES_MISMATCH":
+            raise ConfigError(["tls_key_file: %s is not the private key of the certificate in %s" % (key, cert)])
+        raise ConfigError(["tls_cert_file, tls_key_file: cannot load %s and %s as PEM: %s" % (
+            cert, key, e.reason or e)]) from None
+    except OSError as e:
+        raise ConfigError(["tls_cert_file, tls_key_file: cannot read %s and %s: %s" % (
+            cert, key, e.strerror or e)]) from None
+    return context
+
+
+TLS_HANDSHAKE_RECORD = b"\x16"  # the first byte a TLS client sends; a plain HTTP request starts with a letter
+
+
 class Connection(socketserver.BaseRequestHandler):
     """One client connection. Requests are read under deadlines with the strict parser above (http.server's own
     accepts what a gateway must not) and each response leaves in one sendall."""
@@ -3893,6 +4259,7 @@ class Connection(socketserver.BaseRequestHandler):
         self.response_headers = []  # added to every response to the current request (CORS)
         self.head = False  # the current request is a HEAD: responses carry no body
         self.streamed = False  # the current response is an event stream that has begun
+        self.token_name = None  # the name of the token the current request carries, once it is checked
         self._chunked = True  # an event stream is sent in chunks (HTTP/1.1) or ended by closing (HTTP/1.0)
         self._buffer = bytearray()
         self._timeout = None  # the socket's current timeout
@@ -3900,9 +4267,13 @@ class Connection(socketserver.BaseRequestHandler):
 
     def finish(self):
         self.front.track(self, False)
+        if self.sock is not self.request:  # the TLS socket, which the server's shutdown_request does not know
+            self.sock.close()
 
     def handle(self):
         try:
+            if self.front.tls is not None and not self._start_tls():
+                return
             while not self.close and not self.front.stopping.is_set():
                 head = self._read_head()
                 if head is None:
@@ -3914,6 +4285,39 @@ class Connection(socketserver.BaseRequestHandler):
                     self.front.set_busy(self, False)
         except OSError:
             pass  # the client went away, or the gateway shut the socket down while stopping
+
+    def _start_tls(self):
+        """The TLS handshake, here in the connection's thread and within client_timeout_ms: in accept() one client
+        that says nothing would hold up every other. A client speaking plain HTTP is told to use https://. Returns
+        whether the connection is now TLS."""
+        deadline = now() + self.front.config.client_timeout_ms / 1000.0
+        self.sock.setblocking(False)
+        try:
+            if not io_ready(self.sock, select.POLLIN, deadline - now()):
+                raise socket.timeout("no TLS handshake within client_timeout_ms")
+            first = self.sock.recv(1, socket.MSG_PEEK)
+            if first and first != TLS_HANDSHAKE_RECORD:
+                refuse_at_accept(self.sock, GatewayError("this port speaks HTTPS: use https://", 400,
+                                                         "https_required", close=True))
+                return self._tls_failed("a plain HTTP request")
+            self.sock = self.front.tls.wrap_socket(self.sock, server_side=True, do_handshake_on_connect=False)
+            while True:
+                try:
+                    self.sock.do_handshake()
+                    return True
+                except ssl.SSLWantReadError:
+                    events = select.POLLIN
+                except ssl.SSLWantWriteError:
+                    events = select.POLLOUT
+                if not io_ready(self.sock, events, deadline - now()):
+                    raise socket.timeout("TLS handshake not done within client_timeout_ms")
+        except OSError as e:  # ssl.SSLError and socket.timeout among them
+            return self._tls_failed(getattr(e, "reason", None) or str(e) or type(e).__name__)
+
+    def _tls_failed(self, reason):
+        if self.front.refusals.allow(self.client):
+            self.front.log.info("tls_handshake_failed", client=self.client, reason=reason)
+        return False
 
     def _read_head(self):
         """The next request's head, None when the client closed or stayed idle; 408 for a slow sender."""
@@ -4005,7 +4409,8 @@ class Connection(socketserver.BaseRequestHandler):
     def peer_closed(self):
         """Whether the client has closed its side (looked at without reading or blocking)."""
         try:
-            return io_ready(self.sock, select.POLLIN, 0) and self.sock.recv(1, socket.MSG_PEEK) == b""
+            # on the raw socket, also under TLS (an SSLSocket takes no flags): a hang-up shows only as its end
+            return io_ready(self.sock, select.POLLIN, 0) and socket.socket.recv(self.sock, 1, socket.MSG_PEEK) == b""
         except OSError:
             return True
 
@@ -4035,17 +4440,14 @@ class HttpFront:
     limits), runs its endpoint, and writes one access log line."""
 
     def __init__(self, config, logger, runtimes, router, telemetry):
-        self.config = config
         self.log = logger
-        self.runtimes = runtimes  # server_id -> ServerRuntime
         self.router = router
         self.telemetry = telemetry
-        self.allowlist = Allowlist(config.allowed_clients)
-        # (name, token): named so that calls are counted per token, and more tokens need no other change here
-        self.tokens = [("default", config.auth_token)]
-        self.calls = Slots({"client": config.max_calls_per_client, "token": config.max_calls_per_token})
+        self.tls = None  # the ssl.SSLContext connections are wrapped in, when serving HTTPS (Gateway.start)
+        self.calls = Slots({})
+        self.connection_slots = Slots({})
+        self.use_config(config, runtimes)
         self.refusals = RefusalLog()
-        self.connection_slots = Slots({"total": config.max_connections, "client": config.max_connections_per_client})
         self.stopping = threading.Event()
         self.started_at = now()
         self._lock = threading.Condition()  # notified when a request ends
@@ -4053,6 +4455,16 @@ class HttpFront:
         self._endpoints = {("health", "GET"): self.get_health, ("servers", "GET"): self.get_servers,
                            ("metrics", "GET"): self.get_metrics, ("rpc", "POST"): self.post_rpc, ("mcp", "POST"): self.post_mcp,
                            ("mcp", "GET"): self.get_mcp, ("mcp", "DELETE"): self.delete_mcp}
+
+    def use_config(self, config, runtimes):
+        """At start, and at each reload for the requests that come next: each field is replaced whole, so a
+        request sees the old value or the new one, never a mix. The address and TLS stay as they are."""
+        self.config = config
+        self.runtimes = runtimes  # Runtimes: server_id -> ServerRuntime
+        self.allowlist = Allowlist(config.allowed_clients)
+        self.tokens = config.tokens  # [(name, token)]: calls are counted, and requests logged, per name
+        self.calls.caps = {"client": config.max_calls_per_client, "token": config.max_calls_per_token}
+        self.connection_slots.caps = {"total": config.max_connections, "client": config.max_connections_per_client}
 
     def track(self, connection, is_open):
         with self._lock:
@@ -4078,13 +4490,14 @@ class HttpFront:
     def serve(self, conn, head):
         started = now()
         request, route, server_id, status, outcome, span = None, None, None, 0, "ok", NO_SPAN
-        conn.head, token = False, None
+        conn.head, conn.token_name, token = False, None, None
         try:
             request = parse_head(head)
             if self.telemetry.tracing:
                 span = self.telemetry.start_span(request.method, SPAN_SERVER, {
                     "http.request.method": request.method if request.method in HTTP_METHODS else "_OTHER",
-                    "url.path": request.path, "url.scheme": "http", "client.address": conn.client,
+                    "url.path": request.path, "url.scheme": "https" if self.tls else "http",
+                    "client.address": conn.client,
                     "network.protocol.version": "%d.%d" % request.version,
                     "user_agent.original": request.headers.get("user-agent")},
                     parse_traceparent(request.headers.get("traceparent")))
@@ -4101,10 +4514,11 @@ class HttpFront:
                 if request.method == "OPTIONS" and "access-control-request-method" in request.headers:
                     status = self._preflight(conn, request)
                     return
-            token = token_name(request.headers.get("authorization"), self.tokens)
+            token = conn.token_name = token_name(request.headers.get("authorization"), self.tokens)
             if token is None:
                 raise GatewayError("missing or wrong bearer token", 401, "unauthorized",
                                    headers=[("WWW-Authenticate", 'Bearer realm="host-mcp-gateway"')])
+            span.set("host_mcp_gateway.token.name", token)
             name, server_id, methods = match_route(request.path, self.runtimes)
             route = ROUTE_TEMPLATES[name]
             span.name = "%s %s" % (request.method, route)
@@ -4147,7 +4561,8 @@ class HttpFront:
             if token is not None or status < 400 or self.refusals.allow(conn.client):
                 self.log.info("http_request", method=request.method if request else None,
                               path=request.path if request else None, status=status,
-                              duration_ms=round(duration * 1000, 3), client=conn.client, server_id=server_id)
+                              duration_ms=round(duration * 1000, 3), client=conn.client, server_id=server_id,
+                              token_name=token)
             _active.span = None
 
     def _run(self, conn, request, body, name, server_id, token):
@@ -4251,8 +4666,7 @@ class HttpFront:
         self._continue_trace(request, wrapper["payload"])
         runtime = self.runtimes.get(server_id)
         if runtime is None:
-            raise GatewayError("no server with server_id %r" % server_id, 404, "server_not_found",
-                               server_id=server_id)
+            raise server_not_found(server_id)
         if runtime.spec.isolation == "session":
             raise session_required(server_id)
         try:
@@ -4282,6 +4696,7 @@ class HttpFront:
             method = payload.get("method") if isinstance(payload, dict) else None
             if method == "initialize" and classify(payload)[0] == REQUEST:
                 session, reply = self.router.open_session(runtime, payload, self.deadline())
+                session.token_name = conn.token_name
                 conn.send_json(200, reply, headers=[("Mcp-Session-Id", session.id)])
                 return 200
             if method == "server/discover":  # the probe carries its own protocol version: answer it first
@@ -4504,6 +4919,7 @@ class HttpFront:
         session = self._session(request, runtime, server_id)
         if session is None:
             session = self.router.open_stream_session(runtime, request.headers.get("mcp-protocol-version"))
+            session.token_name = conn.token_name
         cursor = int(last_event_id) if last_event_id else session.delivered_id
         if not session.open_stream(conn):
             raise GatewayError("this session already has an open event stream", 409, "stream_conflict")
@@ -4625,9 +5041,8 @@ class Gateway:
         self.log = logger
         self.telemetry = Telemetry(TelemetrySettings(os.environ), logger)
         self.router = Router(config, logger, self.telemetry)
-        self.runtimes = {spec.server_id: ServerRuntime(spec, config, logger, self.telemetry,
-                                                       self.router.on_child_message, self.router.on_child_ready)
-                         for spec in config.servers}
+        self.state_file = StateFile(state_file_path(config.path), logger)
+        self.runtimes = Runtimes((spec.server_id, self._runtime(spec)) for spec in config.servers)
         self.front = HttpFront(config, logger, self.runtimes, self.router, self.telemetry)
         self.telemetry.meter.calls.observe = self._calls_in_flight
         self._httpd = None
@@ -4636,6 +5051,44 @@ class Gateway:
     @property
     def port(self):
         return self._httpd.server_address[1]
+
+    def _runtime(self, spec):
+        return ServerRuntime(spec, self.config, self.log, self.telemetry, self.router.on_child_message,
+                             self.router.on_child_ready, state_file=self.state_file)
+
+    def reload(self, config):
+        """Applies a new config without dropping anyone; runs on the main thread (serve), never in a signal
+        handler. Removed servers stop and changed ones restart, their sessions closed (a changed server's
+        sessions were made with what it was: they cannot carry on honestly); unchanged ones keep their child,
+        sessions and streams. Everything else applies to the requests that come next, but for RESTART_KEYS,
+        which are logged as waiting for a restart."""
+        plan = reload_plan(self.config, config)
+        for key in plan["needs_restart"]:
+            setattr(config, key, getattr(self.config, key))  # what runs; later reloads report the key again
+        ending = [self.runtimes[sid] for sid in plan["removed"] + plan["changed"]]
+        for runtime in ending:
+            runtime.request_stop("its config was %s by a reload" % (
+                "removed" if runtime.server_id in plan["removed"] else "changed"))
+        self.config = config
+        runtimes = Runtimes((spec.server_id, self.runtimes[spec.server_id] if spec.server_id in plan["unchanged"]
+                             else self._runtime(spec)) for spec in config.servers)
+        for runtime in runtimes.values():
+            runtime.use_config(config)
+        self.router.use_config(config)
+        self.runtimes = runtimes
+        self.front.use_config(config, runtimes)  # from here on, requests see the new servers and tokens
+        for _ in range(2):  # again once they have stopped: a session may have opened on one as it stopped
+            self.router.close_sessions([s for s in self.router.sessions.all() if s.parent in ending],
+                                       "its server's config changed")
+            for runtime in ending:
+                runtime.join(timeout=CHILD_STOP_GRACE_S * 2 + POLL_S)
+        for sid in plan["added"] + plan["changed"]:
+            if runtimes[sid].spec.autostart:
+                runtimes[sid].start()
+        self.log.info("config_reloaded", **{key: value for key, value in plan.items() if key != "needs_restart"})
+        if plan["needs_restart"]:
+            self.log.warning("config_needs_restart", keys=plan["needs_restart"],
+                             note="these take effect when the gateway is restarted; until then the old values hold")
 
     def _calls_in_flight(self):
         """Calls each server's children are working on, for the host_mcp_gateway.calls.in_flight gauge."""
@@ -4647,8 +5100,10 @@ class Gateway:
         return points
 
     def start(self):
-        """Listens, then starts autostart servers. Raises OSError when the address cannot be bound."""
+        """Listens, then starts autostart servers. Raises ConfigError when the TLS files are unusable, OSError when
+        the address cannot be bound."""
         host, port = self.config.bind_host, self.config.bind_port
+        self.front.tls = tls_context(self.config)
         self._httpd = _HTTPServer((host, port), self.front)
         try:
             self._httpd.server_bind()
@@ -4656,12 +5111,17 @@ class Gateway:
         except OSError:
             self._httpd.server_close()
             raise
+        # Once the port is ours (so no other gateway of this config runs) and before any child can start: what
+        # a SIGKILLed run left behind is ended first.
+        self.state_file.claim(self.config.path)
         self._accept_thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.25},
                                                name="http-accept", daemon=True)
         self._accept_thread.start()
         self.router.start()
         self.telemetry.start()
-        self.log.info("listening", host=host, port=self.port, version=VERSION, servers=list(self.runtimes))
+        self.log.info("listening", host=host, port=self.port, scheme="https" if self.front.tls else "http",
+                      version=VERSION, servers=list(self.runtimes),
+                      token_source=self.config.token_source, token_names=self.config.token_names)
         for runtime in self.runtimes.values():
             if runtime.spec.autostart:
                 runtime.start()
@@ -4689,6 +5149,7 @@ class Gateway:
         if self._httpd is not None:
             for thread in list(self._httpd.threads):
                 thread.join(timeout=min(POLL_S, max(0.0, deadline - now())))
+        self.state_file.close()
         self.telemetry.stop(max(0.2, deadline - now()))
         self.front.log_refusal_summary(force=True)
         self.log.info("stopped")
@@ -4809,16 +5270,26 @@ def init_config(path):
     return 0
 
 
+def report_config_error(error):
+    for message in error.messages:
+        print("config error: " + message, file=sys.stderr)
+
+
 def check_config(config, warnings):
     errors, notes = check_host(config)
+    try:
+        tls_context(config)
+    except ConfigError as e:
+        errors.extend(e.messages)
     for line in warnings + notes:
         print("warning: " + line, file=sys.stderr)
     for line in errors:
         print("error: " + line, file=sys.stderr)
     if errors:
         return 2
-    print("%s: OK, %d server(s): %s" % (config.path, len(config.servers),
-                                        ", ".join(spec.server_id for spec in config.servers)))
+    print("%s: OK, %d server(s): %s; token from %s (%s)" % (
+        config.path, len(config.servers), ", ".join(spec.server_id for spec in config.servers), config.token_source,
+        ", ".join(config.token_names)))
     return 0
 
 
@@ -4853,18 +5324,34 @@ def raise_file_limit():
             pass
 
 
-def serve(config, logger, on_listening=None):
-    """Runs the gateway until SIGTERM, SIGINT or SIGHUP (a closed Terminal window; there is no reload to do).
-    Returns the exit code."""
+def reload_gateway(gateway, load, logger):
+    """SIGHUP: the config is read again and applied whole, or, when it does not validate, not at all."""
+    try:
+        config, warnings = load()
+    except ConfigError as e:
+        logger.error("config_reload_failed", errors=e.messages, note="the gateway goes on with the config it had")
+        return
+    for warning in warnings:
+        logger.warning("config_warning", message=warning)
+    logger.set_level(config.log_level)
+    gateway.reload(config)
+
+
+def serve(config, logger, on_listening=None, load=None):
+    """Runs the gateway until SIGTERM or SIGINT. SIGHUP reloads the config with `load` (see load_to_serve); with
+    none (the demo), it stops the gateway, as a closed Terminal window means. Returns the exit code."""
     raise_file_limit()
-    stop = threading.Event()
-    previous = {signum: signal.signal(signum, lambda *_: stop.set())
+    received = queue.SimpleQueue()  # signal numbers, put by the handler (SimpleQueue.put may be), taken below
+    previous = {signum: signal.signal(signum, lambda signum, _: received.put(signum))
                 for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     gateway = Gateway(config, logger)
     logger.start_background()
     try:
         try:
             gateway.start()
+        except ConfigError as e:
+            report_config_error(e)
+            return 2
         except OSError as e:
             logger.error("listen_failed", host=config.bind_host, port=config.bind_port, error=str(e))
             print("cannot listen on %s port %d: %s" % (config.bind_host, config.bind_port, e.strerror or e),
@@ -4872,8 +5359,14 @@ def serve(config, logger, on_listening=None):
             return 1
         if on_listening is not None:
             on_listening(gateway)
-        while not stop.wait(POLL_S):
-            pass
+        while True:
+            try:
+                signum = received.get(timeout=POLL_S)  # the reload runs here, on the main thread
+            except queue.Empty:
+                continue
+            if signum != signal.SIGHUP or load is None:
+                break
+            reload_gateway(gateway, load, logger)
         gateway.stop()
         return 0
     finally:
@@ -4906,6 +5399,104 @@ def _path_argument(value):
     return value
 
 
+def load_to_serve(path, log_level=None):
+    """load_config, with --log-level (when given) in place of the config's log_level, at start and reload."""
+    config, warnings = load_config(path)
+    config.log_level = log_level or config.log_level
+    return config, warnings
+
+
+def send_reload(path):
+    """--reload: SIGHUP to the gateway serving this config, found by its state file, and only when the pid there
+    is still that gateway (same start time). The config was checked first: a broken one is not sent."""
+    record = StateFile.read(state_file_path(path))
+    owner = record["gateway"] if record else {}
+    pid = owner.get("pid")
+    if not valid_pid(pid) or process_start_time(pid) != owner.get("start_time"):
+        print("no gateway is running with %s (looked in %s)" % (path, state_file_path(path)), file=sys.stderr)
+        return 1
+    os.kill(pid, signal.SIGHUP)
+    print("sent SIGHUP to the gateway (pid %d); its log says config_reloaded, or config_reload_failed and why"
+          % pid)
+    return 0
+
+
+def launch_agent(python, script, config_path, home):
+    """The LaunchAgent that runs `script` with `python` on `config_path`, as plistlib writes it (pure); with the
+    sample's placeholder paths it is host-mcp-gateway.plist.sample. Why each key: README, "Run at login"."""
+    log = os.path.join(home, "Library", "Logs", "host-mcp-gateway", "gateway.log")
+    return {"Label": AGENT_LABEL, "ProgramArguments": [python, script, "-config", config_path],
+            "EnvironmentVariables": {"PATH": AGENT_PATH}, "RunAtLoad": True,
+            "KeepAlive": {"SuccessfulExit": False}, "ThrottleInterval": 10, "ProcessType": "Interactive",
+            "StandardOutPath": log, "StandardErrorPath": log}
+
+
+def agent_plist_path(home):
+    return os.path.join(home, "Library", "LaunchAgents", AGENT_LABEL + ".plist")
+
+
+def launchctl(*args):
+    """Runs launchctl; (exit code, what it printed)."""
+    try:
+        result = subprocess.run(("launchctl",) + args, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return 1, str(e)
+    return result.returncode, (result.stdout + result.stderr).strip()
+
+
+def not_on_macos(option):
+    if sys.platform == "darwin":
+        return False
+    print("%s manages a macOS LaunchAgent; this is %s: nothing was written" % (option, sys.platform),
+          file=sys.stderr)
+    return True
+
+
+def install_agent(path, config, warnings):
+    """--install-agent: after --check passes, writes the LaunchAgent for this interpreter, this file and this
+    config, and bootstraps it (booting out the one installed before, if any)."""
+    if not_on_macos("--install-agent"):
+        return 2
+    if check_config(config, warnings):
+        print("the LaunchAgent was not installed: fix the errors above first", file=sys.stderr)
+        return 2
+    home, service = os.path.expanduser("~"), "gui/%d/%s" % (os.getuid(), AGENT_LABEL)
+    plist = agent_plist_path(home)
+    agent = launch_agent(sys.executable, os.path.abspath(__file__), os.path.abspath(os.path.expanduser(path)), home)
+    try:
+        os.makedirs(os.path.dirname(agent["StandardErrorPath"]), exist_ok=True)  # launchd makes no folders
+        os.makedirs(os.path.dirname(plist), exist_ok=True)
+        launchctl("bootout", service)  # the one installed before; fails harmlessly when there is none
+        with open(plist, "wb") as f:
+            plistlib.dump(agent, f)
+    except OSError as e:
+        print("cannot write %s: %s" % (plist, e), file=sys.stderr)
+        return 1
+    code, output = launchctl("bootstrap", "gui/%d" % os.getuid(), plist)
+    if code:
+        print("wrote %s, but launchctl bootstrap failed (%d): %s" % (plist, code, output), file=sys.stderr)
+        return 1
+    print("installed and started %s\nits state: launchctl print %s\nits log:   %s" % (
+        plist, service, agent["StandardErrorPath"]))
+    return 0
+
+
+def uninstall_agent():
+    """--uninstall-agent: boots the LaunchAgent out (the gateway stops its children and exits) and removes it."""
+    if not_on_macos("--uninstall-agent"):
+        return 2
+    plist = agent_plist_path(os.path.expanduser("~"))
+    code, output = launchctl("bootout", "gui/%d/%s" % (os.getuid(), AGENT_LABEL))
+    try:
+        os.unlink(plist)
+    except FileNotFoundError:
+        if code:
+            print("no LaunchAgent %s is installed (%s)" % (AGENT_LABEL, output), file=sys.stderr)
+            return 1
+    print("stopped and removed %s" % plist)
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="host_mcp_gateway.py", allow_abbrev=False,
@@ -4921,6 +5512,11 @@ def build_parser():
                       % DEFAULT_CONFIG_PATH)
     mode.add_argument("--demo", action="store_true",
                       help="serve the embedded example server on 127.0.0.1:%d with a new token" % DEFAULT_PORT)
+    mode.add_argument("--reload", action="store_true",
+                      help="check the config, then tell the gateway running with it to reload it (SIGHUP)")
+    mode.add_argument("--install-agent", action="store_true",
+                      help="macOS: check the config, then install and start a LaunchAgent that serves it at login")
+    mode.add_argument("--uninstall-agent", action="store_true", help="macOS: stop and remove that LaunchAgent")
     mode.add_argument("--example-server", action="store_true",
                       help="be the embedded example MCP server on stdin/stdout (what --demo runs)")
     parser.add_argument("--log-level", choices=tuple(Logger.LEVELS),
@@ -4941,18 +5537,27 @@ def main(argv=None):
         return init_config(path or DEFAULT_CONFIG_PATH)
     if args.demo:
         return run_demo(args.log_level)
+    if args.uninstall_agent:
+        return uninstall_agent()
+    path = args.config or DEFAULT_CONFIG_PATH
+
+    def load():
+        return load_to_serve(path, args.log_level)
     try:
-        config, warnings = load_config(args.config or DEFAULT_CONFIG_PATH)
+        config, warnings = load()
     except ConfigError as e:
-        for message in e.messages:
-            print("config error: " + message, file=sys.stderr)
+        report_config_error(e)
         return 2
     if args.check:
         return check_config(config, warnings)
-    logger = Logger(level=args.log_level or config.log_level)
+    if args.reload:
+        return send_reload(path)
+    if args.install_agent:
+        return install_agent(path, config, warnings)
+    logger = Logger(level=config.log_level)
     for warning in warnings:
         logger.warning("config_warning", message=warning)
-    return serve(config, logger)
+    return serve(config, logger, load=load)
 
 
 if __name__ == "__main__":

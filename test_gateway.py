@@ -13,8 +13,10 @@ import json
 import os
 import plistlib
 import resource
+import shutil
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -23,6 +25,7 @@ import threading
 import time
 import unittest
 import urllib.parse
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import host_mcp_gateway as gw
@@ -31,7 +34,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 GATEWAY = os.path.join(HERE, "host_mcp_gateway.py")
 FAKE_SERVER = os.path.join(HERE, "tests", "fake_mcp_server.py")
 TOKEN = "test-token-0123456789abcdef0123456789abcdef"
+PHONE_TOKEN = "phone-token-0123456789abcdef0123456789abcdef"
 TIMEOUT = 10.0  # every blocking call in a test gives up after this, so a failure is quick and clear
+# The gateways the tests start keep their state files here, never in the home folder.
+os.environ[gw.STATE_DIR_ENV] = tempfile.mkdtemp(prefix="hmg-state-")
 
 
 def wait_for(predicate, what="a condition", timeout=TIMEOUT):
@@ -76,6 +82,14 @@ def base_config(servers, **overrides):
     return config
 
 
+def token_config(servers=None, **keys):
+    """base_config with the token source given by `keys` instead of auth_token."""
+    config = base_config(servers or [fake_server()])
+    del config["auth_token"]
+    config.update(keys)
+    return config
+
+
 def rpc(method, params=None, request_id=1):
     message = {"jsonrpc": "2.0", "id": request_id, "method": method}
     if params is not None:
@@ -90,8 +104,9 @@ def tool_call(name, request_id=1, **arguments):
 class GatewayProcess:
     """A real gateway process on port 0, its JSON log lines collected as they arrive."""
 
-    def __init__(self, testcase, config):
-        self.folder = tempfile.mkdtemp(prefix="hmg-test-")
+    def __init__(self, testcase, config, env=None, tls=None, folder=None):
+        self.folder = folder or tempfile.mkdtemp(prefix="hmg-test-")  # the same folder: the same config path
+        self.tls = tls  # the client's ssl.SSLContext, for a gateway serving HTTPS
         self.config_path = os.path.join(self.folder, "config.json")
         with open(self.config_path, "w") as f:
             json.dump(config, f)
@@ -100,7 +115,7 @@ class GatewayProcess:
         self.raw_stderr = []
         self._connections = []
         self._cond = threading.Condition()
-        self.proc = subprocess.Popen([sys.executable, GATEWAY, "-config", self.config_path],
+        self.proc = subprocess.Popen([sys.executable, GATEWAY, "-config", self.config_path], env=env,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self._reader = threading.Thread(target=self._read_logs, daemon=True)
         self._reader.start()
@@ -135,7 +150,10 @@ class GatewayProcess:
 
     def connect(self):
         """A new connection, closed with the gateway at the end of the test."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=TIMEOUT)
+        if self.tls is None:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=TIMEOUT)
+        else:
+            conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=TIMEOUT, context=self.tls)
         self._connections.append(conn)
         return conn
 
@@ -258,7 +276,8 @@ class ConfigValidationTest(unittest.TestCase):
     def test_each_problem_is_reported_with_its_path(self):
         good_server = {"server_id": "a", "command": "x"}
         cases = [
-            ({"auth_token": None}, "auth_token: required"),
+            ({"auth_token": None}, "token: no token source; set one of auth_token, auth_token_file, auth_tokens, "
+                                   "HOST_MCP_GATEWAY_TOKEN"),
             ({"allowed_clients": None}, "allowed_clients: required"),
             ({"servers": None}, "servers: required"),
             ({"servers": []}, "servers: must be a non-empty list"),
@@ -415,6 +434,66 @@ class AllowlistTest(unittest.TestCase):
 
 
 class TokenTest(unittest.TestCase):
+    def test_each_request_is_named_by_the_token_it_carries(self):
+        tokens = [("laptop", TOKEN), ("phone", PHONE_TOKEN)]
+        for header, name in [("Bearer " + TOKEN, "laptop"), ("Bearer " + PHONE_TOKEN, "phone"),
+                             ("Bearer " + TOKEN[:-1], None), (None, None)]:
+            with self.subTest(header=header):
+                self.assertEqual(gw.token_name(header, tokens), name)
+
+    def test_sources(self):
+        folder = tempfile.mkdtemp(prefix="hmg-token-")
+        files = {"private": (TOKEN + "\n", 0o600), "shared": (TOKEN, 0o640), "crlf": (TOKEN + "\r\n", 0o600),
+                 "short": ("abc\n", 0o600), "spaced": (" " + TOKEN, 0o600)}
+        for name, (text, mode) in files.items():
+            with open(os.path.join(folder, name), "w") as f:
+                f.write(text)
+            os.chmod(os.path.join(folder, name), mode)
+        named = [{"name": "laptop", "token": TOKEN}, {"name": "phone", "token": PHONE_TOKEN}]
+        env = {gw.TOKEN_ENV: TOKEN}
+        ok = [({"auth_token": TOKEN}, {}, "auth_token", ["default"]),
+              ({"auth_token_file": "private"}, {}, "auth_token_file", ["default"]),
+              ({"auth_token_file": os.path.join(folder, "crlf")}, {}, "auth_token_file", ["default"]),
+              ({"auth_tokens": named}, {}, "auth_tokens", ["laptop", "phone"]),
+              ({}, env, gw.TOKEN_ENV, ["default"])]
+        for keys, environ, source, names in ok:
+            with self.subTest(keys=keys, environ=environ):
+                config = gw.validate_config(token_config(**keys),
+                                            os.path.join(folder, "config.json"), environ)
+                self.assertEqual((config.token_source, config.token_names), (source, names))
+                self.assertIn(TOKEN, [token for _, token in config.tokens])
+        bad = [({"auth_token": TOKEN}, env, "token: auth_token and HOST_MCP_GATEWAY_TOKEN each give a token; "
+                                            "keep exactly one"),
+               ({"auth_token": TOKEN, "auth_tokens": named}, {}, "token: auth_token and auth_tokens each give"),
+               ({}, {}, "token: no token source; set one of auth_token, auth_token_file, auth_tokens, "
+                        "HOST_MCP_GATEWAY_TOKEN"),
+               ({"auth_token_file": "shared"}, {}, "auth_token_file: %s is readable by other users; run: chmod 600 %s"
+                % ((os.path.join(folder, "shared"),) * 2)),
+               ({"auth_token_file": "missing"}, {}, "auth_token_file: cannot read %s: No such file" % os.path.join(
+                   folder, "missing")),
+               ({"auth_token_file": "short"}, {}, "auth_token_file: %s must be at least 32 characters" % os.path.join(
+                   folder, "short")),
+               ({"auth_token_file": "spaced"}, {}, "auth_token_file: %s has leading or trailing whitespace"
+                % os.path.join(folder, "spaced")),
+               ({"auth_token_file": ""}, {}, "auth_token_file: must be a non-empty string"),
+               ({}, {gw.TOKEN_ENV: "short"}, "HOST_MCP_GATEWAY_TOKEN: must be at least 32 characters"),
+               ({"auth_tokens": []}, {}, "auth_tokens: must be a non-empty list"),
+               ({"auth_tokens": [{"name": "a", "token": TOKEN, "extra": 1}]}, {}, 'auth_tokens[0]: must be an object '
+                                                                                 'with exactly "name" and "token"'),
+               ({"auth_tokens": [{"name": "a b", "token": TOKEN}]}, {}, "auth_tokens[0].name: must be 1 to 64"),
+               ({"auth_tokens": [named[0], dict(named[1], name="laptop")]}, {}, "auth_tokens[1].name: duplicate "
+                                                                                "name 'laptop'"),
+               ({"auth_tokens": [named[0], dict(named[1], token=TOKEN)]}, {}, "auth_tokens[1].token: the same token"),
+               ({"auth_tokens": [dict(named[0], token="replace-me" * 4)]}, {}, "auth_tokens[0].token: still holds "
+                                                                              "the placeholder")]
+        for keys, environ, expected in bad:
+            with self.subTest(keys=keys, environ=environ):
+                with self.assertRaises(gw.ConfigError) as caught:
+                    gw.validate_config(token_config(**keys),
+                                       os.path.join(folder, "config.json"), environ)
+                self.assertTrue(any(m.startswith(expected) for m in caught.exception.messages),
+                                caught.exception.messages)
+
     def test_table(self):
         cases = [("Bearer " + TOKEN, True), ("bearer " + TOKEN, True), ("Bearer  " + TOKEN, True),
                  ("Bearer " + TOKEN + "x", False), ("Bearer " + TOKEN[:-1], False), ("Basic " + TOKEN, False),
@@ -615,6 +694,22 @@ class CliTest(unittest.TestCase):
         self.assertIn("OK, 1 server(s): ok", result.stdout)
         self.assertIn("chmod 600", result.stderr)
 
+    def test_a_token_file_others_can_read_is_refused_with_the_fix(self):
+        token_file = os.path.join(self.folder, "token")
+        with open(token_file, "w") as f:
+            f.write(TOKEN + "\n")
+        os.chmod(token_file, 0o644)
+        path = self.write_config(token_config(auth_token_file=token_file))
+        for args in (["--check", "-config", path], ["-config", path]):
+            with self.subTest(args=args):
+                result = run_cli(*args)
+                self.assertEqual(result.returncode, 2, result.stderr)
+                self.assertIn("chmod 600 " + token_file, result.stderr)
+        os.chmod(token_file, 0o600)
+        result = run_cli("--check", "-config", path)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("token from auth_token_file (default)", result.stdout)
+
     def test_check_notes_commands_a_launch_agent_would_not_find(self):
         folder = os.path.join(self.folder, "bin")
         os.mkdir(folder)
@@ -693,6 +788,53 @@ class CliTest(unittest.TestCase):
         _, stderr = proc.communicate(timeout=TIMEOUT)
         return [json.loads(line)["event"] for line in stderr.splitlines()]
 
+    def test_launch_agent_is_refused_off_macos(self):
+        if sys.platform == "darwin":
+            self.skipTest("this is macOS")
+        env = dict(os.environ, HOME=self.folder)
+        path = self.write_config(base_config([fake_server()]))
+        for args in (["--install-agent", "-config", path], ["--uninstall-agent"]):
+            with self.subTest(args=args):
+                result = run_cli(*args, env=env)
+                self.assertEqual(result.returncode, 2)
+                self.assertIn("manages a macOS LaunchAgent; this is %s: nothing was written" % sys.platform,
+                              result.stderr)
+        self.assertEqual(os.listdir(self.folder), ["config.json"])
+
+    def test_launch_agent_install_and_uninstall(self):
+        """As on macOS: sys.platform says darwin and a launchctl on PATH records what it is asked."""
+        home, bin_folder = os.path.join(self.folder, "home"), os.path.join(self.folder, "bin")
+        os.makedirs(bin_folder)
+        calls = os.path.join(self.folder, "launchctl.calls")
+        with open(os.path.join(bin_folder, "launchctl"), "w") as f:
+            f.write('#!/bin/sh\necho "$@" >> %s\n' % calls)
+        os.chmod(os.path.join(bin_folder, "launchctl"), 0o755)
+        env = dict(os.environ, HOME=home, PATH=bin_folder + os.pathsep + os.environ["PATH"])
+        as_macos = "import sys, host_mcp_gateway as g; sys.platform = 'darwin'; sys.exit(g.main(sys.argv[1:]))"
+        broken = self.write_config(base_config([{"server_id": "x", "command": "/nonexistent/x"}]))
+        result = subprocess.run([sys.executable, "-c", as_macos, "--install-agent", "-config", broken], cwd=HERE,
+                                env=env, capture_output=True, text=True, timeout=TIMEOUT)
+        self.assertEqual(result.returncode, 2)
+        self.assertIn("not installed: fix the errors above", result.stderr)
+        self.assertFalse(os.path.exists(home))
+        path = self.write_config(base_config([fake_server()]))
+        result = subprocess.run([sys.executable, "-c", as_macos, "--install-agent", "-config", path], cwd=HERE,
+                                env=env, capture_output=True, text=True, timeout=TIMEOUT)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        service = "gui/%d/%s" % (os.getuid(), gw.AGENT_LABEL)
+        self.assertIn("launchctl print " + service, result.stdout)
+        plist = os.path.join(home, "Library", "LaunchAgents", gw.AGENT_LABEL + ".plist")
+        with open(plist, "rb") as f:
+            self.assertEqual(plistlib.load(f), gw.launch_agent(sys.executable, GATEWAY, path, home))
+        self.assertTrue(os.path.isdir(os.path.join(home, "Library", "Logs", "host-mcp-gateway")))
+        result = subprocess.run([sys.executable, "-c", as_macos, "--uninstall-agent"], cwd=HERE, env=env,
+                                capture_output=True, text=True, timeout=TIMEOUT)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertFalse(os.path.exists(plist))
+        with open(calls) as f:
+            self.assertEqual(f.read().splitlines(), ["bootout " + service, "bootstrap gui/%d %s" % (os.getuid(), plist),
+                                                     "bootout " + service])
+
     def test_log_level_from_config_and_command_line(self):
         config = base_config([fake_server(autostart=False)], log_level="warning")
         events = self.served_events(config)
@@ -763,6 +905,12 @@ class SamplesTest(unittest.TestCase):
         path = agent["EnvironmentVariables"]["PATH"].split(":")
         self.assertIn("/opt/homebrew/bin", path)
         self.assertIn("/usr/local/bin", path)
+
+    def test_plist_is_the_one_install_agent_writes(self):
+        with open(os.path.join(HERE, "host-mcp-gateway.plist.sample"), "rb") as f:
+            sample = plistlib.load(f)
+        self.assertEqual(gw.launch_agent("/usr/bin/python3", "/Users/you/host-mcp-gateway/host_mcp_gateway.py",
+                                         "/Users/you/.config/host-mcp-gateway/config.json", "/Users/you"), sample)
 
     def test_check_flags_the_sample_paths_this_host_lacks(self):
         with open(os.path.join(HERE, "config.sample.json")) as f:
@@ -956,13 +1104,6 @@ class AccessRuleTest(unittest.TestCase):
         self.assertLess(time.monotonic() - started, 5)
         wait_for(lambda: process_gone(pid) and process_gone(grandchild), what="the child and grandchild to end")
 
-    def test_sighup_stops_cleanly_like_sigterm(self):
-        gateway = GatewayProcess(self, base_config([fake_server()]))
-        gateway.wait_state("fake", "ready")
-        pid = gateway.tool("pid")["structuredContent"]["pid"]
-        self.assertEqual(gateway.stop(signal.SIGHUP), 0)
-        gateway.wait_log(lambda r: r.get("event") == "stopped")
-        wait_for(lambda: process_gone(pid), what="the child to end")
 
     def test_sigint_stops_with_a_request_in_flight(self):
         gateway = GatewayProcess(self, base_config([fake_server()]))
@@ -974,6 +1115,231 @@ class AccessRuleTest(unittest.TestCase):
         status, reply = hung.result(TIMEOUT)
         self.assertEqual((status, reply["error"]["data"]["error_code"]), (200, "server_unavailable"))
         self.assertIn("the gateway is stopping", reply["error"]["message"])
+
+
+class TokenSourceTest(unittest.TestCase):
+    def test_named_tokens_are_checked_counted_and_shown_by_name(self):
+        named = [{"name": "laptop", "token": TOKEN}, {"name": "phone", "token": PHONE_TOKEN}]
+        gateway = GatewayProcess(self, token_config(auth_tokens=named, max_calls_per_token=1))
+        listening = gateway.wait_log(lambda r: r.get("event") == "listening")
+        self.assertEqual((listening["token_source"], listening["token_names"]), ("auth_tokens", ["laptop", "phone"]))
+        self.assertEqual(gateway.request("GET", "/servers", token=PHONE_TOKEN)[0], 200)
+        self.assertEqual(gateway.request("GET", "/servers", token=PHONE_TOKEN[:-1] + "x")[0], 401)
+        client = McpClient(gateway)  # with the laptop's token
+        sessions = gateway.servers()["fake"]["sessions"]
+        self.assertEqual([s["token_name"] for s in sessions], ["laptop"])
+        for name in ("laptop", "phone"):
+            gateway.wait_log(lambda r: r.get("event") == "http_request" and r.get("token_name") == name)
+        self.assertFalse([r for r in gateway.logs if TOKEN in json.dumps(r) or PHONE_TOKEN in json.dumps(r)])
+        pool = ThreadPoolExecutor(1)
+        self.addCleanup(pool.shutdown)
+        marker = {"jsonrpc": "2.0", "method": "notifications/marker"}
+        hung = pool.submit(gateway.call, "fake", [marker, tool_call("hang")])
+        wait_for(lambda: any(n["method"] == marker["method"] for n in gateway.call(
+            "fake", tool_call("received"), token=PHONE_TOKEN)[1]["result"]["structuredContent"]["notifications"]),
+            what="the laptop's call to be in flight")
+        status, body = gateway.call("fake", tool_call("echo", text="x"))
+        self.assertEqual((status, body["error"]["error_code"]), (429, "too_many_requests"))
+        self.assertEqual(gateway.call("fake", tool_call("echo", text="x"), token=PHONE_TOKEN)[0], 200)
+        client.delete()
+        gateway.stop()
+        self.assertEqual(hung.result(TIMEOUT)[0], 200)  # answered: the gateway stopped
+
+    def test_token_from_the_environment_is_kept_from_children(self):
+        gateway = GatewayProcess(self, token_config(), env=dict(os.environ, **{gw.TOKEN_ENV: TOKEN}))
+        self.assertEqual(gateway.wait_log(lambda r: r.get("event") == "listening")["token_source"], gw.TOKEN_ENV)
+        pid = gateway.tool("pid")["structuredContent"]["pid"]
+        if not os.path.exists("/proc/%d/environ" % pid):
+            return  # where /proc is missing, the request above shows the variable was read
+        with open("/proc/%d/environ" % pid, "rb") as f:
+            self.assertNotIn(gw.TOKEN_ENV.encode(), f.read())
+
+
+def make_certificate(folder, name="gateway"):
+    """A self-signed certificate for localhost and 127.0.0.1 and its key, made with openssl: (cert, key)."""
+    cert, key = (os.path.join(folder, name + suffix) for suffix in (".crt", ".key"))
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True,
+                   timeout=TIMEOUT)
+    return cert, key
+
+
+@unittest.skipIf(shutil.which("openssl") is None, "openssl is not installed: it makes the test certificates")
+class TlsTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.folder = tempfile.mkdtemp(prefix="hmg-tls-")
+        cls.cert, cls.key = make_certificate(cls.folder)
+        cls.client_tls = ssl.create_default_context(cafile=cls.cert)
+        cls.gateway = GatewayProcess(cls, base_config([fake_server(autostart=False)], tls_cert_file=cls.cert,
+                                                      tls_key_file=cls.key, client_timeout_ms=1000), tls=cls.client_tls)
+
+    @classmethod
+    def addCleanup(cls, function, *args):  # GatewayProcess registers its own cleanup: run it after the class
+        cls.addClassCleanup(function, *args)
+
+    def test_https_with_the_certificate_as_ca(self):
+        self.assertEqual(self.gateway.wait_log(lambda r: r.get("event") == "listening")["scheme"], "https")
+        status, _, body = self.gateway.request("GET", "/servers")
+        self.assertEqual((status, list(self.gateway.servers())), (200, ["fake"]))
+        self.assertEqual(self.gateway.call("fake", tool_call("echo", text="over tls"))[1]["result"]["structuredContent"]
+                         ["text"], "over tls")
+
+    def test_plain_http_is_told_to_use_https(self):
+        raw = raw_exchange(self.gateway.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual((status_of(raw), body_of(raw)["error"]["error_code"]), (400, "https_required"))
+
+    def test_a_silent_connection_holds_up_no_one_and_is_closed(self):
+        with socket.create_connection(("127.0.0.1", self.gateway.port), timeout=TIMEOUT) as silent:
+            started = time.monotonic()
+            self.assertEqual(self.gateway.request("GET", "/servers")[0], 200)
+            self.assertLess(time.monotonic() - started, 0.9)  # before client_timeout_ms would free the silent one
+            self.assertEqual(silent.recv(1), b"")  # closed once client_timeout_ms has passed
+        self.gateway.wait_log(lambda r: r.get("event") == "tls_handshake_failed" and "client_timeout_ms" in r["reason"])
+
+    def test_tls_1_1_is_refused(self):
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_verify_locations(self.cert)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # TLSv1_1 is: the point of the test
+            context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_1
+        try:
+            context.set_ciphers("DEFAULT:@SECLEVEL=0")  # OpenSSL 3 offers TLS 1.1 only at security level 0
+        except ssl.SSLError:
+            pass  # a library without security levels
+        with socket.create_connection(("127.0.0.1", self.gateway.port), timeout=TIMEOUT) as sock:
+            with self.assertRaises(ssl.SSLError):
+                context.wrap_socket(sock, server_hostname="localhost")
+        self.gateway.wait_log(lambda r: r.get("event") == "tls_handshake_failed" and any(
+            word in r["reason"] for word in ("PROTOCOL", "VERSION")))  # OpenSSL and LibreSSL word it differently
+
+    def test_a_key_that_is_not_the_certificates_exits_2(self):
+        _, other_key = make_certificate(self.folder, "other")
+        path = os.path.join(self.folder, "mismatch.json")
+        with open(path, "w") as f:
+            json.dump(base_config([fake_server()], tls_cert_file=self.cert, tls_key_file=other_key), f)
+        os.chmod(path, 0o600)
+        for args in (["--check", "-config", path], ["-config", path]):
+            with self.subTest(args=args):
+                result = run_cli(*args)
+                self.assertEqual(result.returncode, 2, result.stderr)
+                self.assertIn("tls_key_file: %s is not the private key of the certificate in %s" % (
+                    other_key, self.cert), result.stderr)
+                self.assertNotIn("Traceback", result.stderr)
+
+
+class ReloadTest(unittest.TestCase):
+    def test_plan(self):
+        a, b = fake_server("a"), fake_server("b")
+        old = gw.validate_config(base_config([a, b, fake_server("c")]))
+        cases = [
+            (base_config([a, b, fake_server("c")]), ([], [], [], ["a", "b", "c"], [])),
+            (base_config([b, fake_server("d")], bind_port=9), (["d"], ["a", "c"], [], ["b"], ["bind_port"])),
+            (base_config([dict(a, args=a["args"] + ["--name", "x"]), b, fake_server("c", autostart=False)],
+                         auth_token=PHONE_TOKEN, max_sessions=3),
+             ([], [], ["a", "c"], ["b"], [])),
+        ]
+        for raw, (added, removed, changed, unchanged, restart) in cases:
+            with self.subTest(raw=raw):
+                self.assertEqual(gw.reload_plan(old, gw.validate_config(raw)), {
+                    "added": added, "removed": removed, "changed": changed, "unchanged": unchanged,
+                    "needs_restart": restart})
+
+    def test_sighup_applies_the_new_config_and_keeps_what_did_not_change(self):
+        named = [{"name": "laptop", "token": TOKEN}, {"name": "phone", "token": PHONE_TOKEN}]
+        servers = [fake_server("keep"), fake_server("gone"), fake_server("change")]
+        gateway = GatewayProcess(self, token_config(servers, auth_tokens=named))
+        pids = {sid: gateway.tool("pid", sid)["structuredContent"]["pid"] for sid in ("keep", "gone", "change")}
+        clients = {sid: McpClient(gateway, sid) for sid in ("keep", "gone", "change")}
+        stream = clients["keep"].open_stream()
+        self.assertEqual(stream.status, 200)
+        with open(gateway.config_path, "w") as f:
+            json.dump(token_config([fake_server("keep"), fake_server("change", "--name", "changed"),
+                                    fake_server("new")], auth_tokens=named[:1], bind_port=9), f)
+        result = run_cli("--reload", "-config", gateway.config_path)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        reloaded = gateway.wait_log(lambda r: r.get("event") == "config_reloaded")
+        self.assertEqual([reloaded[key] for key in ("added", "removed", "changed", "unchanged")],
+                         [["new"], ["gone"], ["change"], ["keep"]])
+        self.assertEqual(gateway.wait_log(lambda r: r.get("event") == "config_needs_restart")["keys"], ["bind_port"])
+        self.assertEqual(gateway.tool("pid", "keep")["structuredContent"]["pid"], pids["keep"])
+        self.assertEqual(clients["keep"].call("notify", method="notifications/message", params={"level": "info"})
+                         ["content"][0]["text"], "notified")
+        self.assertEqual(stream_until(stream, lambda m: m.get("method") == "notifications/message")[-1][1]["method"],
+                         "notifications/message")  # the stream opened before the reload carries on
+        self.assertEqual(clients["gone"].post(rpc("ping"))[0], 404)  # server_not_found
+        self.assertEqual(clients["change"].post(rpc("ping"))[0], 404)  # session_not_found: closed with its child
+        self.assertNotEqual(gateway.tool("pid", "change")["structuredContent"]["pid"], pids["change"])
+        self.assertEqual(gateway.wait_state("new", "ready")["server_info"]["name"], "fake")
+        wait_for(lambda: process_gone(pids["gone"]) and process_gone(pids["change"]), what="the old children to end")
+        self.assertEqual(gateway.request("GET", "/servers", token=PHONE_TOKEN)[0], 401)  # revoked at once
+        with open(gateway.config_path, "w") as f:
+            f.write('{"servers": [}')
+        gateway.proc.send_signal(signal.SIGHUP)
+        failed = gateway.wait_log(lambda r: r.get("event") == "config_reload_failed")
+        self.assertIn("invalid JSON", failed["errors"][0])
+        self.assertEqual(gateway.tool("pid", "keep")["structuredContent"]["pid"], pids["keep"])
+        hang_up(stream)
+        self.assertEqual(gateway.stop(), 0)
+        result = run_cli("--reload", "-config", gateway.config_path)
+        self.assertEqual(result.returncode, 2)  # the config is checked first
+        with open(gateway.config_path, "w") as f:
+            json.dump(base_config([fake_server()]), f)
+        result = run_cli("--reload", "-config", gateway.config_path)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("no gateway is running with " + gateway.config_path, result.stderr)
+
+
+class OrphanTest(unittest.TestCase):
+    def test_only_real_pids_are_signalled(self):
+        for value, ok in [(2, True), (1, False), (0, False), (-1, False), ("5", False), (True, False), (None, False)]:
+            with self.subTest(value=value):
+                self.assertEqual(gw.valid_pid(value), ok)
+
+    def test_fates_of_recorded_children(self):
+        entry = {"server_id": "s", "pid": 100, "start_time": "t1"}
+        cases = [("t1", True, "end"), ("t1", False, "end"), ("t2", True, "reused"), ("t2", False, "reused"),
+                 (None, True, "end"), (None, False, "gone")]
+        for started, group, fate in cases:
+            with self.subTest(started=started, group=group):
+                self.assertEqual(gw.recorded_child_fate(entry, lambda pid: started, lambda pgid: group), fate)
+
+    def test_state_folder(self):
+        cases = [({gw.STATE_DIR_ENV: "/s"}, "darwin", "/s"),
+                 ({}, "darwin", "/h/Library/Application Support/host-mcp-gateway"),
+                 ({}, "linux", "/h/.local/state/host-mcp-gateway"),
+                 ({"XDG_STATE_HOME": "/x"}, "linux", "/x/host-mcp-gateway")]
+        for environ, platform, folder in cases:
+            with self.subTest(environ=environ, platform=platform):
+                self.assertEqual(gw.state_folder(environ, platform, "/h"), folder)
+
+    def test_a_sigkilled_gateway_leaves_no_child_behind(self):
+        state = tempfile.mkdtemp(prefix="hmg-orphans-")
+        env = dict(os.environ, **{gw.STATE_DIR_ENV: state})
+        config = base_config([fake_server("fake", "--stubborn")])
+        gateway = GatewayProcess(self, config, env=env)
+        pid = gateway.tool("pid")["structuredContent"]["pid"]
+        self.addCleanup(gw.signal_groups, [pid], signal.SIGKILL)  # should the test fail
+        grandchild = gateway.tool("spawn_grandchild")["structuredContent"]["pid"]
+        gateway.kill()  # SIGKILL: it can stop nothing
+        self.assertFalse(process_gone(pid) or process_gone(grandchild))  # stubborn: stdin's end does not stop it
+        state_file = gw.state_file_path(gateway.config_path, env)
+        with open(state_file) as f:
+            record = json.load(f)
+        self.assertEqual([(e["server_id"], e["pid"]) for e in record["children"]], [("fake", pid)])
+        decoy = {"server_id": "decoy", "pid": os.getpid(), "start_time": "not when this test process started"}
+        with open(state_file, "w") as f:
+            json.dump(dict(record, children=record["children"] + [decoy]), f)
+        second = GatewayProcess(self, dict(config, servers=[fake_server(autostart=False)]), env=env,
+                                folder=gateway.folder)
+        self.assertTrue(process_gone(pid) and process_gone(grandchild))  # before it listens
+        ended = second.wait_log(lambda r: r.get("event") == "orphan_ended")
+        self.assertEqual((ended["server_id"], ended["pid"]), ("fake", pid))
+        left = second.wait_log(lambda r: r.get("event") == "orphan_left_alone")
+        self.assertEqual(left["pid"], os.getpid())
+        self.assertEqual(second.stop(), 0)
+        self.assertFalse(os.path.exists(state_file))  # a clean stop leaves nothing to clean
 
 
 # Child bridge: ids, batches, handshake, notifications ---------------------------------------------------------------
