@@ -52,6 +52,7 @@ import socketserver
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -67,6 +68,8 @@ SERVER_HEADER = "host-mcp-gateway"  # no version numbers: the default tells ever
 DEFAULT_CONFIG_PATH = "~/.config/host-mcp-gateway/config.json"
 DEFAULT_PORT = 7411
 LAUNCHD_PATH = "/usr/bin:/bin:/usr/sbin:/sbin"  # what launchd gives a LaunchAgent unless told otherwise
+MCP_REMOTE_VERSION = "0.15.1"  # Claude Desktop's bridge in --client-config: npm's current version when pinned
+TOKEN_PLACEHOLDER = "${HOST_MCP_GATEWAY_TOKEN}"  # printed instead of the token when stdout is not a terminal
 
 # MCP protocol revisions that use the initialize handshake, newest first. The gateway itself speaks the newest
 # to its children; a client asking for an older one gets it on its session.
@@ -3911,9 +3914,11 @@ def init_config(path):
     with os.fdopen(fd, "w") as f:
         json.dump(starter_config(), f, indent=2)
         f.write("\n")
+    me = "%s %s" % (sys.executable, os.path.abspath(__file__))
     print("wrote %s (mode 0600) with a new token and the example server.\n"
-          "Next: add your servers to it, then run: %s %s --check -config %s"
-          % (path, sys.executable, os.path.abspath(__file__), path))
+          "Next: add your servers to it (--import FILE takes them from an MCP client's config), then run: %s --check "
+          "-config %s\nThen %s --client-config CLIENT -config %s prints what to add to your MCP client (%s)."
+          % (path, me, path, me, path, ", ".join(CLIENT_SNIPPETS)))
     return 0
 
 
@@ -3928,6 +3933,294 @@ def check_config(config, warnings):
     print("%s: OK, %d server(s): %s" % (config.path, len(config.servers),
                                         ", ".join(spec.server_id for spec in config.servers)))
     return 0
+
+
+# Client snippets (--client-config): what each MCP client needs to reach this gateway. The status page (§10)
+# builds the same shapes in its own script; ClientSnippetTest checks that both agree.
+
+def gateway_url(config):
+    """The base URL a client on this host uses: an all-addresses bind_host is reached on 127.0.0.1."""
+    host = config.bind_host.strip()
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return "http://%s:%d" % ("[%s]" % host if ":" in host else host, config.bind_port)
+
+
+def _shell_double_quoted(text):
+    return '"%s"' % re.sub(r'([\\"$`])', r"\\\1", text)
+
+
+def _claude_code_snippet(servers, token):
+    header = "Authorization: Bearer "
+    header = _shell_double_quoted(header + token) if token != TOKEN_PLACEHOLDER else '"%s%s"' % (header, token)
+    return "\n".join("claude mcp add --transport http %s %s --header %s" % (name, url, header)
+                     for name, url in servers)
+
+
+def _claude_desktop_snippet(servers, token):
+    # "Authorization:${AUTH}" has no space: Claude Desktop splits arguments with spaces on some versions, and
+    # mcp-remote expands ${AUTH} from env itself. mcp-remote refuses plain http:// except to localhost.
+    def args(url):
+        loopback = urllib.parse.urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1")
+        return (["-y", "mcp-remote@" + MCP_REMOTE_VERSION, url, "--header", "Authorization:${AUTH}"] +
+                ([] if loopback else ["--allow-http"]))
+    return {"mcpServers": {name: {"command": "npx", "args": args(url), "env": {"AUTH": "Bearer " + token}}
+                           for name, url in servers}}
+
+
+def _url_headers_snippet(top, url_key, extra=()):
+    def build(servers, token):
+        return {top: {name: dict(extra, **{url_key: url, "headers": {"Authorization": "Bearer " + token}})
+                      for name, url in servers}}
+    return build
+
+
+# client -> (snippet builder, where the snippet goes)
+CLIENT_SNIPPETS = {
+    "claude-code": (_claude_code_snippet, "run these in a terminal; add --scope user for every project"),
+    "claude-desktop": (_claude_desktop_snippet, "merge into ~/Library/Application Support/Claude/"
+                                                "claude_desktop_config.json, then restart Claude Desktop; needs "
+                                                "Node.js (npx)"),
+    "cursor": (_url_headers_snippet("mcpServers", "url"),
+               "merge into ~/.cursor/mcp.json (every project) or .cursor/mcp.json (one project)"),
+    "vscode": (_url_headers_snippet("servers", "url", {"type": "http"}),
+               "merge into .vscode/mcp.json (one workspace) or the user mcp.json (MCP: Open User Configuration)"),
+    "windsurf": (_url_headers_snippet("mcpServers", "serverUrl"), "merge into ~/.codeium/windsurf/mcp_config.json"),
+}
+
+
+def client_snippet(client, server_ids, base_url, token):
+    """The text to paste into `client` for the given servers: shell lines or indented JSON."""
+    servers = [(server_id, "%s/%s/rpc" % (base_url, server_id)) for server_id in server_ids]
+    snippet = CLIENT_SNIPPETS[client][0](servers, token)
+    return snippet if isinstance(snippet, str) else json.dumps(snippet, indent=2)
+
+
+def shown_token(config, show_token):
+    """The token to print: itself on a terminal or with --show-token, else the placeholder (said on stderr)."""
+    if show_token or sys.stdout.isatty():
+        return config.auth_token
+    print("the token is left out because stdout is not a terminal; %s stands for it, --show-token prints it"
+          % TOKEN_PLACEHOLDER, file=sys.stderr)
+    return TOKEN_PLACEHOLDER
+
+
+def print_client_config(config, words, show_token):
+    """--client-config CLIENT [SERVER_ID]: exit 2 naming the choices for an unknown client or server id."""
+    client, server_ids = words[0], [spec.server_id for spec in config.servers]
+    if client not in CLIENT_SNIPPETS:
+        print("unknown client %r; choose one of: %s" % (client, ", ".join(CLIENT_SNIPPETS)), file=sys.stderr)
+        return 2
+    if len(words) > 1:
+        if words[1] not in server_ids:
+            print("no server with server_id %r in %s; configured: %s" % (words[1], config.path, ", ".join(server_ids)),
+                  file=sys.stderr)
+            return 2
+        server_ids = words[1:]
+    snippet = client_snippet(client, server_ids, gateway_url(config), shown_token(config, show_token))
+    print("# %s: %s" % (client, CLIENT_SNIPPETS[client][1]), file=sys.stderr)
+    print(snippet)
+    return 0
+
+
+def print_status_url(config, show_token):
+    token = shown_token(config, show_token)
+    print(gateway_url(config) + "/" + ("" if token == TOKEN_PLACEHOLDER else "#token=" + token))
+    return 0
+
+
+# Importing MCP client configs (--import): Claude Desktop, Claude Code, Cursor, VS Code -----------------------------
+
+_JSONC_COMMENT_RE = re.compile(r'("(?:[^"\\\n]|\\.)*")|//[^\n]*|/\*.*?\*/', re.S)
+_JSONC_COMMA_RE = re.compile(r'("(?:[^"\\\n]|\\.)*")|,(?=\s*[}\]])')
+REMOTE_TYPES = ("http", "sse", "streamable-http", "streamableHttp", "ws")  # client types that name a URL, not a command
+IMPORTED_KEYS = ("command", "args", "env", "cwd", "type")  # of a client's entry; others are named as ignored
+
+
+def strip_jsonc(text):
+    """JSON with comments (VS Code's mcp.json) as JSON: `//` and `/* */` comments and trailing commas outside
+    strings removed. A comment's line breaks are kept, so that a JSON error's line number stays right."""
+    text = _JSONC_COMMENT_RE.sub(lambda m: m.group(1) or "\n" * m.group(0).count("\n"), text)
+    return _JSONC_COMMA_RE.sub(lambda m: m.group(1) or "", text)
+
+
+def client_servers(raw):
+    """The name -> entry object of an MCP client's config: `mcpServers` (Claude Desktop, Claude Code, Cursor,
+    Windsurf), `servers` (VS Code's mcp.json) or `mcp.servers` (VS Code's settings.json); None if it has none."""
+    if not isinstance(raw, dict):
+        return None
+    for found in (raw.get("mcpServers"), raw.get("servers"), (raw.get("mcp") or {}).get("servers")
+                  if isinstance(raw.get("mcp"), dict) else None):
+        if isinstance(found, dict):
+            return found
+    return None
+
+
+def url_safe_id(name):
+    """A client's server name as a server_id: runs of other characters become `-`."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "server"
+
+
+def _spec_for(server):
+    """A ServerSpec of a server object that has only some keys, the others at their defaults."""
+    return ServerSpec(dict({key: field.default for key, field in SERVER_FIELDS.items()}, **server))
+
+
+def _imported_server(name, entry, server_id):
+    """(server object, warnings) for a client's stdio entry, or (None, [why it is skipped])."""
+    if not isinstance(entry.get("command"), str) or not entry["command"].strip():
+        return None, ["has no command"]
+    server = {"server_id": server_id, "command": entry["command"]}
+    for key, target in (("args", "args"), ("env", "env"), ("cwd", "working_dir")):
+        if key in entry:
+            problem = SERVER_FIELDS[target].check(entry[key])
+            if problem:
+                return None, ["%s %s" % (key, problem)]
+            server[target] = entry[key]
+    warnings = []
+    ignored = sorted(key for key in entry if key not in IMPORTED_KEYS)
+    if ignored:
+        warnings.append("ignored: " + ", ".join(ignored))
+    if any("${" in value for value in server.get("args", []) + list(server.get("env", {}).values())):
+        warnings.append("uses ${...} variables, which the gateway passes on as they are: put in their values")
+    found, search_path, source = resolve_command(_spec_for(server))
+    if found is None:
+        where = "on %s (%s)" % (source, search_path) if source else "there"
+        warnings.append("command %r not found %s; kept as it is: give its absolute path" % (server["command"], where))
+    else:
+        server["command"] = os.path.abspath(found)
+        folder = os.path.dirname(server["command"])
+        if "PATH" not in server.get("env", {}) and folder not in LAUNCHD_PATH.split(":"):
+            # a script such as npx starts `#!/usr/bin/env node`: node is beside it, and launchd's PATH lacks both
+            server["env"] = dict(server.get("env", {}), PATH=folder + ":" + LAUNCHD_PATH)
+    return server, warnings
+
+
+def import_client_servers(entries, existing_ids, taken=None):
+    """Gateway server objects for a client config's stdio entries. Returns (servers, report lines, warnings).
+    Names are made URL-safe; a name whose id is reserved or already taken by an earlier entry of the import
+    gets -2, -3...; an id already in the gateway config is never overwritten; remote entries are skipped."""
+    taken = set() if taken is None else taken  # server_ids given out in this import, across files
+    servers, report, warnings = [], [], []
+    for name, entry in entries.items():
+        base = url_safe_id(name)
+        server_id, n = base, 1
+        while server_id.lower() in RESERVED_SERVER_IDS or server_id in taken:
+            n += 1
+            server_id = "%s-%d" % (base, n)
+        taken.add(server_id)
+        if not isinstance(entry, dict):
+            report.append("skipped %s: not an object" % name)
+            continue
+        if "url" in entry or "serverUrl" in entry or entry.get("type") in REMOTE_TYPES:
+            report.append("skipped %s: a remote server (%s); point your client at it directly" % (
+                name, entry.get("url") or entry.get("serverUrl") or entry.get("type")))
+            continue
+        if server_id in existing_ids:
+            report.append("skipped %s: server_id %s is already in the config; kept as it is" % (name, server_id))
+            continue
+        server, notes = _imported_server(name, entry, server_id)
+        if server is None:
+            report.append("skipped %s: %s" % (name, notes[0]))
+            continue
+        servers.append(server)
+        why = []
+        if base != name:
+            why.append("names in URLs are letters, digits, '.', '_', '-'")
+        if server_id != base:
+            why.append("%s is %s" % (base, "a path the gateway routes itself" if base.lower() in RESERVED_SERVER_IDS
+                                     else "taken by an earlier entry"))
+        renamed = " as %s (%s)" % (server_id, "; ".join(why)) if why else ""
+        report.append("added %s%s: %s" % (name, renamed, " ".join([server["command"]] + server.get("args", []))))
+        warnings.extend("%s: %s" % (server_id, note) for note in notes)
+    return servers, report, warnings
+
+
+def usual_client_configs(home):
+    """Where a Mac's MCP clients keep their servers, in the order --import reads them."""
+    return [os.path.join(home, "Library", "Application Support", "Claude", "claude_desktop_config.json"),
+            os.path.join(home, ".cursor", "mcp.json"), os.path.join(home, ".claude.json")]
+
+
+def read_client_config(path):
+    """A client config's servers (name -> entry), or a ConfigError saying why there are none."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(["%s: cannot read: %s" % (path, e)]) from None
+    try:
+        raw = json.loads(strip_jsonc(text))
+    except json.JSONDecodeError as e:
+        raise ConfigError(["%s: %s" % (path, describe_json_error(e))]) from None
+    entries = client_servers(raw)
+    if entries is None:
+        raise ConfigError(["%s: no mcpServers or servers object; not an MCP client's config" % path])
+    return entries
+
+
+def write_config_file(path, raw):
+    """Replaces the config at `path` (through a symlink) at once: a temporary file beside it, mode 0600, renamed."""
+    path = os.path.realpath(path)
+    folder = os.path.dirname(path)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=".config-", suffix=".tmp", dir=folder)  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(raw, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def import_client_configs(files, config_path):
+    """--import [FILE]: adds a client config's stdio servers to the gateway config. Returns None when the
+    config was written (main then checks it like --check), else the exit code."""
+    if not files:
+        if platform.system() != "Darwin":
+            print("--import: give the client config to read, e.g. --import .vscode/mcp.json", file=sys.stderr)
+            return 2
+        files = [path for path in usual_client_configs(os.path.expanduser("~")) if os.path.isfile(path)]
+        if not files:
+            print("--import: no client config in %s; give FILE" % ", ".join(
+                usual_client_configs("~")), file=sys.stderr)
+            return 2
+    path = os.path.expanduser(config_path)
+    if os.path.exists(path):
+        load_config(path)  # refuses to add to a config that is already broken
+        with open(path, "rb") as f:
+            raw = json.loads(f.read().decode("utf-8"))
+        print("adding to %s" % path)
+    else:
+        raw = starter_config()
+        print("starting %s from the starter config (a new token and the example server)" % path)
+    existing, taken, added = {server["server_id"] for server in raw["servers"]}, set(), []
+    for file in files:
+        print("reading %s" % file)
+        try:
+            entries = read_client_config(os.path.expanduser(file))
+        except ConfigError as e:
+            if len(files) == 1:
+                raise
+            print("  " + e.messages[0])
+            continue
+        servers, report, warnings = import_client_servers(entries, existing, taken)
+        for line in report:
+            print("  " + line)
+        for line in warnings:
+            print("warning: " + line, file=sys.stderr)
+        added.extend(servers)
+    if not added:
+        print("nothing added; %s is unchanged" % path)
+        return 0
+    raw["servers"].extend(added)
+    write_config_file(path, raw)
+    print("wrote %s (mode 0600) with %d new server(s); checking it:" % (path, len(added)))
+    return None
 
 
 def demo_banner(gateway, token, asked_port):
@@ -3946,6 +4239,8 @@ def demo_banner(gateway, token, asked_port):
         "  curl -s %s -d '{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/call\",\"params\":"
         "{\"name\":\"host_info\",\"arguments\":{}}}' %s" % (auth, rpc),
         "  claude mcp add --transport http host-example %s --header \"Authorization: Bearer $TOKEN\"" % rpc,
+        "Other clients: with a config of your own (--init), --client-config CLIENT prints what to add (%s)."
+        % ", ".join(CLIENT_SNIPPETS),
         "Stop with Ctrl-C.", ""])
 
 
@@ -4031,6 +4326,18 @@ def build_parser():
                       help="serve the embedded example server on 127.0.0.1:%d with a new token" % DEFAULT_PORT)
     mode.add_argument("--example-server", action="store_true",
                       help="be the embedded example MCP server on stdin/stdout (what --demo runs)")
+    mode.add_argument("--import", nargs="*", dest="import_files", metavar="FILE",
+                      help="add the stdio servers of an MCP client's config (claude_desktop_config.json, .mcp.json, "
+                      "Cursor's or VS Code's mcp.json) to the config, then check it; on a Mac, with no FILE, "
+                      "read the usual places")
+    mode.add_argument("--client-config", nargs="+", metavar=("CLIENT", "SERVER_ID"),
+                      help="print what to add to an MCP client (%s) to reach the configured servers, or one"
+                      % ", ".join(CLIENT_SNIPPETS))
+    mode.add_argument("--status-url", action="store_true",
+                      help="print the link to the status page, http://127.0.0.1:PORT/#token=...")
+    parser.add_argument("--show-token", action="store_true",
+                        help="with --client-config and --status-url: print the token even when stdout is not a "
+                        "terminal")
     parser.add_argument("--log-level", choices=tuple(Logger.LEVELS),
                         help="least level logged; overrides the config's log_level (default info)")
     parser.add_argument("--version", action="version", version="host-mcp-gateway " + VERSION)
@@ -4049,14 +4356,24 @@ def main(argv=None):
         return init_config(path or DEFAULT_CONFIG_PATH)
     if args.demo:
         return run_demo(args.log_level)
+    if args.client_config is not None and len(args.client_config) > 2:
+        parser.error("--client-config takes CLIENT and at most one SERVER_ID")
     try:
+        if args.import_files is not None:
+            code = import_client_configs(args.import_files, args.config or DEFAULT_CONFIG_PATH)
+            if code is not None:
+                return code
         config, warnings = load_config(args.config or DEFAULT_CONFIG_PATH)
     except ConfigError as e:
         for message in e.messages:
             print("config error: " + message, file=sys.stderr)
         return 2
-    if args.check:
+    if args.check or args.import_files is not None:
         return check_config(config, warnings)
+    if args.client_config is not None:
+        return print_client_config(config, args.client_config, args.show_token)
+    if args.status_url:
+        return print_status_url(config, args.show_token)
     logger = Logger(level=args.log_level or config.log_level)
     for warning in warnings:
         logger.warning("config_warning", message=warning)
