@@ -15,7 +15,8 @@ clients share each of them safely:
 
 Endpoints: `POST /{server_id}/rpc` is an MCP Streamable HTTP endpoint (POST, GET event stream, DELETE,
 `Mcp-Session-Id`) that also answers plain curl calls without a session; `POST /rpc` takes
-`{"server_id": ..., "payload": <JSON-RPC>}`; `GET /health`, `GET /servers` and `GET /metrics` report status.
+`{"server_id": ..., "payload": <JSON-RPC>}`; `GET /health`, `GET /servers` and `GET /metrics` report status;
+`GET /` is a status page for a browser (served without the token: it holds no data, its script fetches them).
 
 Quick start:   python3 host_mcp_gateway.py --demo
 Own config:    python3 host_mcp_gateway.py --init  (then edit it)  and  python3 host_mcp_gateway.py --check
@@ -27,10 +28,12 @@ Python >= 3.9, standard library only. Sections: `grep -n '^# §' host_mcp_gatewa
 from __future__ import annotations
 
 import argparse
+import base64
 import bisect
 import difflib
 import email.utils
 import errno
+import hashlib
 import hmac
 import http
 import ipaddress
@@ -2957,13 +2960,255 @@ def parse_head(head):
 
 
 STATIC_ROUTES = {"/health": ("GET", "HEAD"), "/servers": ("GET", "HEAD"), "/metrics": ("GET", "HEAD"),
-                 "/rpc": ("POST",)}  # HEAD is answered as GET without the body
+                 "/rpc": ("POST",), "/": ("GET", "HEAD")}  # HEAD is answered as GET without the body
 ROUTE_TEMPLATES = {"health": "/health", "servers": "/servers", "metrics": "/metrics", "rpc": "/rpc",
-                   "mcp": "/{server_id}/rpc"}  # http.route, low-cardinality
+                   "mcp": "/{server_id}/rpc", "": "/"}  # http.route, low-cardinality
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 MCP_METHODS = ("GET", "POST", "DELETE")
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, Accept, Mcp-Session-Id, MCP-Protocol-Version, Last-Event-ID"
 CORS_EXPOSE_HEADERS = "Mcp-Session-Id, WWW-Authenticate"
+
+
+# The status page (GET /): one self-contained page, served without the token since it holds no data; its script
+# asks for the token (or takes it from the URL's #token= fragment, which browsers never send) and fetches
+# /servers and /health with it. The headers allow nothing but that inline style and script, by their hashes.
+_STATUS_STYLE = r'''
+body { font: 14px/1.4 -apple-system, BlinkMacSystemFont, "Segoe UI", Helvetica, Arial, sans-serif; margin: 1.5em;
+       color: #1d1d1f; background: #fff; }
+h1 { font-size: 1.3em; margin: 0 0 .2em; }
+h2 { font-size: 1.05em; margin: 1.4em 0 .4em; }
+#summary { color: #555; }
+table { border-collapse: collapse; width: 100%; }
+th, td { text-align: left; padding: .3em .6em; border-bottom: 1px solid #e5e5e5; vertical-align: top; }
+th { font-weight: 600; color: #444; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.state { font-weight: 600; }
+.ready { color: #1a7f37; } .starting, .backoff { color: #9a6700; } .failed, .stopped, .exited { color: #cf222e; }
+.muted { color: #777; }
+pre { background: #f6f8fa; padding: .8em; overflow: auto; white-space: pre-wrap; word-break: break-all; }
+pre:empty { display: none; }
+ul#errors { padding-left: 1.2em; } ul#errors li { font-family: ui-monospace, Menlo, monospace; font-size: 12px; }
+form#login { max-width: 28em; } input[type=password] { width: 100%; padding: .4em; margin: .3em 0; }
+button, select { font: inherit; padding: .25em .6em; margin-right: .4em; }
+.error { color: #cf222e; }
+'''
+_STATUS_SCRIPT = '"use strict";\nconst MCP_REMOTE_VERSION = %s;\n' % json.dumps(MCP_REMOTE_VERSION) + r'''
+// Everything this page shows comes from GET /servers and GET /health, fetched with the token; the page itself
+// holds no data. Every value is inserted as text (textContent), never as HTML.
+const MCP_REMOTE = "mcp-remote@" + MCP_REMOTE_VERSION;
+const KEY = "host-mcp-gateway-token";
+const POLL_MS = 2000;
+let token = null, timer = null, previous = {}, serverIds = [];
+const recent = [];  // what changed, newest first: kept here, not by the gateway
+
+function $(id) { return document.getElementById(id); }
+function cell(row, text, className) {
+  const td = document.createElement("td");
+  td.textContent = text === null || text === undefined ? "" : String(text);
+  if (className) td.className = className;
+  row.appendChild(td);
+  return td;
+}
+function duration(s) {
+  if (s === null || s === undefined) return "";
+  s = Math.floor(s);
+  const h = Math.floor(s / 3600), m = Math.floor(s % 3600 / 60);
+  return (h ? h + "h " : "") + (h || m ? m + "m " : "") + (s % 60) + "s";
+}
+function text(value) {
+  return typeof value === "string" || value === null || value === undefined ? value : JSON.stringify(value);
+}
+function item(list, line, className) {
+  const li = document.createElement("li");
+  li.textContent = line;
+  if (className) li.className = className;
+  list.appendChild(li);
+}
+
+// The snippets of --client-config, built here from the same shapes (host_mcp_gateway.py's CLIENT_SNIPPETS).
+function snippet(client, ids, base, tok) {
+  const url = id => base + "/" + id + "/rpc";
+  const each = build => { const out = {}; for (const id of ids) out[id] = build(url(id)); return out; };
+  const headers = {"Authorization": "Bearer " + tok};
+  const loopback = ["127.0.0.1", "localhost", "[::1]"].includes(new URL(base).hostname);
+  switch (client) {
+    case "claude-code": {
+      const quoted = tok === "${HOST_MCP_GATEWAY_TOKEN}" ? tok : tok.replace(/[\\"$`]/g, "\\$&");
+      return ids.map(id => "claude mcp add --transport http " + id + " " + url(id) +
+                      ' --header "Authorization: Bearer ' + quoted + '"').join("\n");
+    }
+    case "claude-desktop":
+      return JSON.stringify({mcpServers: each(u => ({command: "npx",
+        args: ["-y", MCP_REMOTE, u, "--header", "Authorization:${AUTH}"].concat(loopback ? [] : ["--allow-http"]),
+        env: {AUTH: "Bearer " + tok}}))}, null, 2);
+    case "cursor": return JSON.stringify({mcpServers: each(u => ({url: u, headers}))}, null, 2);
+    case "vscode": return JSON.stringify({servers: each(u => ({type: "http", url: u, headers}))}, null, 2);
+    case "windsurf": return JSON.stringify({mcpServers: each(u => ({serverUrl: u, headers}))}, null, 2);
+  }
+  return "";
+}
+
+function note(what) {
+  recent.unshift(new Date().toLocaleTimeString() + "  " + what);
+  recent.length = Math.min(recent.length, 50);
+}
+function changes(server) {
+  const before = previous[server.server_id];
+  previous[server.server_id] = server;
+  if (!before) return;
+  if (server.state !== before.state) note(server.server_id + ": " + before.state + " -> " + server.state);
+  if (server.restart_count > before.restart_count)
+    note(server.server_id + ": restarted (" + server.restart_count + " so far); last exit: " +
+         (text(server.last_exit) || "?"));
+  if (server.last_error && server.last_error !== before.last_error)
+    note(server.server_id + ": " + text(server.last_error));
+}
+
+function render(servers, health) {
+  $("summary").textContent = "gateway " + health.status + ", up " + duration(health.uptime_s) + ", " +
+    servers.length + " server(s); updated " + new Date().toLocaleTimeString();
+  const rows = $("servers"), sessions = $("sessions");
+  rows.replaceChildren();
+  sessions.replaceChildren();
+  for (const s of servers) {
+    changes(s);
+    const row = document.createElement("tr");
+    row.dataset.server = s.server_id;
+    cell(row, s.server_id);
+    cell(row, s.state, "state " + s.state);
+    cell(row, s.pid, "num pid");
+    cell(row, duration(s.uptime_s), "num");
+    cell(row, s.restart_count, "num restarts");
+    cell(row, text(s.last_exit));
+    cell(row, text(s.last_error), s.last_error ? "error" : "");
+    cell(row, s.calls_in_flight, "num");
+    cell(row, (s.sessions || []).length, "num");
+    rows.appendChild(row);
+    for (const v of s.sessions || []) {
+      const r = document.createElement("tr");
+      const stream = v.stream_open ? "open" : "closed";
+      for (const value of [s.server_id, v.session, v.client, duration(v.age_s), duration(v.idle_s), stream])
+        cell(r, value);
+      sessions.appendChild(r);
+    }
+  }
+  if (!sessions.children.length) {
+    const r = document.createElement("tr");
+    cell(r, "no MCP sessions open", "muted").colSpan = 6;
+    sessions.appendChild(r);
+  }
+  const list = $("errors");
+  list.replaceChildren();
+  for (const line of recent) item(list, line);
+  if (!recent.length) item(list, "nothing yet", "muted");
+  const ids = servers.map(s => s.server_id);
+  if (ids.join("\n") !== serverIds.join("\n")) {
+    serverIds = ids;
+    const pick = $("snippet-server");
+    pick.replaceChildren();
+    for (const value of ["(all)"].concat(ids)) {
+      const option = document.createElement("option");
+      option.textContent = value;
+      pick.appendChild(option);
+    }
+  }
+}
+
+async function get(path) {
+  const response = await fetch(path, {headers: {"Authorization": "Bearer " + token}, cache: "no-store"});
+  if (response.status === 401) throw new Error("unauthorized");
+  return response.json();  // /health answers 503 with the same shape when a server is not ready
+}
+async function poll() {
+  timer = null;
+  try {
+    const [servers, health] = await Promise.all([get("/servers"), get("/health")]);
+    render(servers.servers, health);
+  } catch (error) {
+    if (error.message === "unauthorized") { signOut("The gateway refused this token."); return; }
+    $("summary").textContent = "cannot reach the gateway: " + error.message + " (trying again)";
+  }
+  timer = setTimeout(poll, POLL_MS);
+}
+
+function signIn(value) {
+  token = value;
+  sessionStorage.setItem(KEY, value);
+  $("login").hidden = true;
+  $("status").hidden = false;
+  if (timer === null) poll();
+}
+function signOut(message) {
+  token = null;
+  sessionStorage.removeItem(KEY);
+  if (timer !== null) { clearTimeout(timer); timer = null; }
+  $("status").hidden = true;
+  $("login").hidden = false;
+  $("login-error").textContent = message || "";
+}
+
+$("login").addEventListener("submit", event => {
+  event.preventDefault();
+  const value = $("token").value.trim();
+  $("token").value = "";
+  if (value) signIn(value);
+});
+$("forget").addEventListener("click", () => signOut(""));
+$("show-snippet").addEventListener("click", () => {
+  const chosen = $("snippet-server").value;
+  $("snippet").textContent = snippet($("snippet-client").value, chosen === "(all)" ? serverIds : [chosen],
+                                     location.origin, token);
+});
+
+// #token=... in the address: taken, then removed from the address bar. A fragment never reaches the server.
+const fragment = /^#token=(.+)$/.exec(location.hash);
+if (fragment) history.replaceState(null, "", location.pathname + location.search);
+const saved = fragment ? decodeURIComponent(fragment[1]) : sessionStorage.getItem(KEY);
+if (saved) signIn(saved); else signOut("");
+'''
+_STATUS_BODY = r'''
+<header><h1>host-mcp-gateway</h1><div id="summary"></div></header>
+<form id="login" hidden>
+<p>Paste the gateway's token (the config's <code>auth_token</code>; <code>--status-url</code> prints a link with
+it). It stays in this tab only.</p>
+<input id="token" type="password" autocomplete="off" aria-label="token" autofocus>
+<button type="submit">Show status</button>
+<p id="login-error" class="error"></p>
+</form>
+<main id="status" hidden>
+<table><thead><tr><th>Server</th><th>State</th><th>PID</th><th>Uptime</th><th>Restarts</th><th>Last exit</th>
+<th>Last error</th><th>Calls in flight</th><th>Sessions</th></tr></thead><tbody id="servers"></tbody></table>
+<h2>Sessions</h2>
+<table><thead><tr><th>Server</th><th>Session</th><th>Client</th><th>Age</th><th>Idle</th><th>Event stream</th></tr>
+</thead><tbody id="sessions"></tbody></table>
+<h2>Recent changes and errors <span class="muted">(seen by this page since it opened)</span></h2>
+<ul id="errors"></ul>
+<h2>Connect a client</h2>
+<select id="snippet-client" aria-label="client"><option>claude-code</option><option>claude-desktop</option>
+<option>cursor</option><option>vscode</option><option>windsurf</option></select>
+<select id="snippet-server" aria-label="server"></select>
+<button id="show-snippet" type="button">Show settings</button>
+<pre id="snippet"></pre>
+<p><button id="forget" type="button">Forget the token</button></p>
+</main>
+'''
+
+
+def _csp_hash(text):
+    return "'sha256-%s'" % base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii")
+
+
+STATUS_PAGE = ('<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
+               'content="width=device-width, initial-scale=1"><title>host-mcp-gateway status</title>'
+               '<link rel="icon" href="data:,"><style>%s</style></head>\n<body>%s<script>%s</script>\n</body></html>\n'
+               % (_STATUS_STYLE, _STATUS_BODY, _STATUS_SCRIPT)).encode("utf-8")
+STATUS_PAGE_HEADERS = (
+    ("Content-Security-Policy", "default-src 'none'; script-src %s; style-src %s; connect-src 'self'; "
+     "img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+     % (_csp_hash(_STATUS_SCRIPT), _csp_hash(_STATUS_STYLE))),
+    ("X-Frame-Options", "DENY"), ("Referrer-Policy", "no-referrer"), ("Cache-Control", "no-store"),
+    ("X-Content-Type-Options", "nosniff"))
+PUBLIC_PATHS = frozenset({"/"})  # answered without the token: the status page, which holds no data
 
 
 def match_route(path, server_ids):
@@ -3283,7 +3528,7 @@ class Connection(socketserver.BaseRequestHandler):
 
 class HttpFront:
     """Checks every request in the documented order (client address, bearer token, route and method, body
-    limits), runs its endpoint, and writes one access log line."""
+    limits), runs its endpoint, and writes one access log line. PUBLIC_PATHS skip only the token check."""
 
     def __init__(self, config, logger, runtimes, router, telemetry):
         self.config = config
@@ -3303,7 +3548,8 @@ class HttpFront:
         self._connections = set()  # open Connections (self._lock)
         self._endpoints = {("health", "GET"): self.get_health, ("servers", "GET"): self.get_servers,
                            ("metrics", "GET"): self.get_metrics, ("rpc", "POST"): self.post_rpc, ("mcp", "POST"): self.post_mcp,
-                           ("mcp", "GET"): self.get_mcp, ("mcp", "DELETE"): self.delete_mcp}
+                           ("mcp", "GET"): self.get_mcp, ("mcp", "DELETE"): self.delete_mcp,
+                           ("", "GET"): self.get_status}
 
     def track(self, connection, is_open):
         with self._lock:
@@ -3353,7 +3599,7 @@ class HttpFront:
                     status = self._preflight(conn, request)
                     return
             token = token_name(request.headers.get("authorization"), self.tokens)
-            if token is None:
+            if token is None and request.path not in PUBLIC_PATHS:
                 raise GatewayError("missing or wrong bearer token", 401, "unauthorized",
                                    headers=[("WWW-Authenticate", 'Bearer realm="host-mcp-gateway"')])
             name, server_id, methods = match_route(request.path, self.runtimes)
@@ -3486,6 +3732,10 @@ class HttpFront:
     def get_metrics(self, conn, request, body, server_id):
         """The same instruments as the OTLP export, in the Prometheus text format, for scrapers."""
         conn.send(200, prometheus_text(self.telemetry.meter).encode("utf-8"), "text/plain; version=0.0.4")
+        return 200
+
+    def get_status(self, conn, request, body, server_id):
+        conn.send(200, STATUS_PAGE, "text/html; charset=utf-8", STATUS_PAGE_HEADERS)
         return 200
 
     def get_servers(self, conn, request, body, server_id):
@@ -4239,8 +4489,8 @@ def demo_banner(gateway, token, asked_port):
         "  curl -s %s -d '{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/call\",\"params\":"
         "{\"name\":\"host_info\",\"arguments\":{}}}' %s" % (auth, rpc),
         "  claude mcp add --transport http host-example %s --header \"Authorization: Bearer $TOKEN\"" % rpc,
-        "Other clients: with a config of your own (--init), --client-config CLIENT prints what to add (%s)."
-        % ", ".join(CLIENT_SNIPPETS),
+        "Status page, with what to add to other clients: %s/#token=%s (with a config of your own, "
+        "--client-config CLIENT prints what to add)" % (base, token),
         "Stop with Ctrl-C.", ""])
 
 

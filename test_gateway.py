@@ -539,10 +539,10 @@ class RouteTest(unittest.TestCase):
     def test_table(self):
         ids = {"fake", "a.b-c_d"}
         for path, expected in [("/health", ("health", None)), ("/servers", ("servers", None)), ("/rpc", ("rpc", None)),
-                               ("/fake/rpc", ("mcp", "fake")), ("/a.b-c_d/rpc", ("mcp", "a.b-c_d"))]:
+                               ("/fake/rpc", ("mcp", "fake")), ("/a.b-c_d/rpc", ("mcp", "a.b-c_d")), ("/", ("", None))]:
             with self.subTest(path=path):
                 self.assertEqual(gw.match_route(path, ids)[:2], expected)
-        for path, code in [("/", "not_found"), ("//health", "not_found"), ("/health/", "not_found"),
+        for path, code in [("//", "not_found"), ("//health", "not_found"), ("/health/", "not_found"),
                            ("/fake/rpc/x", "not_found"), ("/nope/rpc", "server_not_found"), ("/fake", "not_found")]:
             with self.subTest(path=path):
                 with self.assertRaises(gw.GatewayError) as caught:
@@ -745,7 +745,7 @@ class CliTest(unittest.TestCase):
                 break
         text = "".join(banner)
         token = text.split("TOKEN=", 1)[1].split()[0]
-        self.assertIn("--client-config CLIENT prints what to add", text)
+        self.assertIn("/#token=%s (with a config of your own, --client-config CLIENT prints what to add)" % token, text)
         port = int(text.split("http://127.0.0.1:", 1)[1].split("/")[0])
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
         self.addCleanup(conn.close)
@@ -1070,7 +1070,7 @@ class HttpFrontTest(unittest.TestCase):
         cls.addClassCleanup(function, *args)
 
     def test_every_path_and_method_needs_the_token(self):
-        for path in ("/health", "/servers", "/metrics", "/rpc", "/fake/rpc", "/nope/rpc", "/", "/anything"):
+        for path in ("/health", "/servers", "/metrics", "/rpc", "/fake/rpc", "/nope/rpc", "/anything", "//"):
             for method in ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "TRACE", "PROPFIND"):
                 for token in (None, "wrong-token"):
                     with self.subTest(path=path, method=method, token=token):
@@ -1079,6 +1079,44 @@ class HttpFrontTest(unittest.TestCase):
                         self.assertEqual(response.getheader("WWW-Authenticate"), 'Bearer realm="host-mcp-gateway"')
                         if method != "HEAD":
                             self.assertEqual(body["error"]["error_code"], "unauthorized")
+
+    def test_status_page_needs_no_token_and_holds_no_data(self):
+        status, response, body = self.gateway.request("GET", "/", token=None)
+        self.assertEqual(status, 200)
+        self.assertEqual(response.getheader("Content-Type"), "text/html; charset=utf-8")
+        page = body.decode("utf-8")
+        for secret in ("fake", TOKEN, FAKE_SERVER, str(self.gateway.port)):
+            self.assertNotIn(secret, page)
+        script = page.split("<script>", 1)[1].split("</script>", 1)[0]
+        style = page.split("<style>", 1)[1].split("</style>", 1)[0]
+        self.assertEqual(response.getheader("Content-Security-Policy"),
+                         "default-src 'none'; script-src %s; style-src %s; connect-src 'self'; img-src data:; "
+                         "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+                         % (gw._csp_hash(script), gw._csp_hash(style)))
+        for header, value in [("X-Frame-Options", "DENY"), ("Referrer-Policy", "no-referrer"),
+                              ("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff")]:
+            self.assertEqual(response.getheader(header), value)
+        for fetched in ('get("/servers")', 'get("/health")', '"Authorization": "Bearer " + token',
+                        "sessionStorage", "#token=", "mcp-remote@", '"Authorization:${AUTH}"'):
+            self.assertIn(fetched, script)
+        self.assertEqual(script.count(".innerHTML"), 0)  # data goes in as text only
+        for client in gw.CLIENT_SNIPPETS:  # the page offers every client --client-config knows
+            self.assertIn("<option>%s</option>" % client, page)
+        self.assertIn('MCP_REMOTE_VERSION = "%s"' % gw.MCP_REMOTE_VERSION, script)
+        status, head_response, head_body = self.gateway.request("HEAD", "/", token=None)
+        self.assertEqual((status, head_body), (200, None))
+        self.assertEqual(head_response.getheader("Content-Length"), str(len(body)))
+        self.assertEqual(head_response.getheader("Content-Security-Policy"), response.getheader("Content-Security-Policy"))
+        for method in ("POST", "PUT", "DELETE"):
+            with self.subTest(method=method):
+                status, response, body = self.gateway.request(method, "/", token=None)
+                self.assertEqual((status, body["error"]["error_code"]), (405, "method_not_allowed"))
+                self.assertEqual(response.getheader("Allow"), "GET, HEAD")
+        status, _, body = self.gateway.request("GET", "/", token=None, headers={"Origin": "http://evil.example"})
+        self.assertEqual((status, body["error"]["error_code"]), (403, "forbidden_origin"))
+        own = "http://127.0.0.1:%d" % self.gateway.port
+        status, _, _ = self.gateway.request("GET", "/", token=None, headers={"Origin": own})
+        self.assertEqual(status, 200)
 
     def test_the_token_never_reaches_the_log(self):
         self.gateway.request("GET", "/health", token="wrong-" + TOKEN)
