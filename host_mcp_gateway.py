@@ -3255,7 +3255,7 @@ def parse_json_body(body):
     try:
         value = json_loads(body)
     except (ValueError, UnicodeDecodeError) as e:
-        raise GatewayError("request body is not valid JSON: %s" % e, 400, "invalid_json", JSONRPC_PARSE_ERROR)
+        raise GatewayError("request body is not valid JSON: %s" % e, 400, "invalid_json", JSONRPC_PARSE_ERROR) from None
     problem = json_input_problem(body, value)
     if problem:
         raise GatewayError("request body refused: " + problem, 400, "invalid_json", JSONRPC_PARSE_ERROR)

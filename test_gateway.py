@@ -1443,10 +1443,10 @@ class ChildLifecycleTest(unittest.TestCase):
         status_sleeper, reply_sleeper = sleeper.result(TIMEOUT)
         self.assertLess(time.monotonic() - started, 5)
         self.assertEqual((status, status_sleeper), (502, 200))  # the sleeper went in a batch: its error is inside
-        for reply, request_id in ((reply, 6), (reply_sleeper, 5)):
-            self.assertEqual((reply["id"], reply["error"]["data"]["error_code"]), (request_id, "server_exited"))
-            self.assertIn("exited with code 7", reply["error"]["message"])
-            self.assertIn("boom: disk on fire", reply["error"]["message"])
+        for answer, request_id in ((reply, 6), (reply_sleeper, 5)):
+            self.assertEqual((answer["id"], answer["error"]["data"]["error_code"]), (request_id, "server_exited"))
+            self.assertIn("exited with code 7", answer["error"]["message"])
+            self.assertIn("boom: disk on fire", answer["error"]["message"])
         second_pid = wait_for(lambda: gateway.call("fake", tool_call("pid"))[1].get("result"),
                               what="the restarted child")["structuredContent"]["pid"]
         self.assertNotEqual(first_pid, second_pid)
@@ -2488,8 +2488,8 @@ class TelemetryExportTest(unittest.TestCase):
             gateway.tool("add", request_id=n, a=n, b=1)
 
         def histogram_count(request):
-            for resource in request[2].get("resourceMetrics", []):
-                for scope in resource["scopeMetrics"]:
+            for resource_metrics in request[2].get("resourceMetrics", []):
+                for scope in resource_metrics["scopeMetrics"]:
                     for metric in scope["metrics"]:
                         if metric["name"] == "mcp.client.operation.duration":
                             return sum(int(p["count"]) for p in metric["histogram"]["dataPoints"]

@@ -190,14 +190,14 @@ class Gateway:
             self.proc.kill()
             self.proc.wait(timeout=STOP_TIMEOUT)
             raise AssertionError("the gateway did not exit within %.0f s of SIGTERM; log:\n%s" % (
-                STOP_TIMEOUT, self.log_tail()))
+                STOP_TIMEOUT, self.log_tail())) from None
         finally:
             self._reader.join(timeout=TIMEOUT)
             self.proc.stderr.close()
         if code != 0:
             raise AssertionError("the gateway exited with %s after SIGTERM; log:\n%s" % (code, self.log_tail()))
         for pid in pids:
-            wait_for(lambda: not live_group_members(pid), "the processes of child %d to end" % pid, TIMEOUT)
+            wait_for(lambda pid=pid: not live_group_members(pid), "the processes of child %d to end" % pid, TIMEOUT)
 
 
 # Servers the gateway fronts (config entries) -------------------------------------------------------------------
@@ -526,7 +526,7 @@ class ConformanceSuiteTest(unittest.TestCase):
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             self.addCleanup(self.stop_proxy, proxy)
 
-            def accepting():
+            def accepting(proxy=proxy, port=port):
                 if proxy.poll() is not None:
                     return "exited"
                 with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
