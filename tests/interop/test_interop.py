@@ -10,7 +10,7 @@ servers, and points a real client at http://127.0.0.1:PORT/SERVER_ID/rpc with `A
   each caller's own client;
 - session lifetime: a DELETEd session answers 404, a killed child is restarted under a live session;
 - the official conformance suite (@modelcontextprotocol/conformance): every scenario of its active suite;
-- the MCP Inspector CLI, and Claude Code's `claude mcp list`.
+- the MCP Inspector CLI, and Claude Code's `claude mcp list` after the `claude mcp add` line of `--client-config`.
 
 Run by .ci/run with its cached interop environment:
     HMG_INTEROP_VENV=... HMG_INTEROP_NPM=... HMG_CONFORMANCE_DIR=... \\
@@ -27,6 +27,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -111,7 +112,7 @@ class Gateway:
         testcase.addCleanup(shutil.rmtree, folder, True)
         config = dict({"bind_host": "127.0.0.1", "bind_port": 0, "auth_token": self.token,
                        "allowed_clients": ["localhost"], "servers": servers}, **settings)
-        config_path = os.path.join(folder, "config.json")
+        self.config_path = config_path = os.path.join(folder, "config.json")
         with open(config_path, "w") as f:
             json.dump(config, f)
         os.chmod(config_path, 0o600)
@@ -601,12 +602,17 @@ class NodeClientsTest(unittest.TestCase):
         env = dict(os.environ, HOME=home, DISABLE_AUTOUPDATER="1", CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1")
         env.pop("CLAUDE_CONFIG_DIR", None)  # its config must live in the temporary HOME
         claude = os.path.join(NPM, "node_modules", ".bin", "claude")
-        added = run_client(self, [claude, "mcp", "add", "--transport", "http", "hmg-interop", self.url,
-                                  "--header", self.auth_header], cwd=home, env=env)
+        # the line --client-config prints, as a user would paste it
+        printed = run_client(self, [sys.executable, GATEWAY, "-config", self.gateway.config_path, "--client-config",
+                                    "claude-code", "everything", "--show-token"], cwd=home)
+        self.assertEqual(printed.returncode, 0, printed.stderr)
+        line = shlex.split(printed.stdout)
+        self.assertEqual(line[:3], ["claude", "mcp", "add"])
+        added = run_client(self, [claude] + line[1:], cwd=home, env=env)
         self.assertEqual(added.returncode, 0, added.stdout + added.stderr)
         listed = run_client(self, [claude, "mcp", "list"], cwd=home, env=env)
         self.assertEqual(listed.returncode, 0, listed.stdout + listed.stderr)
-        self.assertIn("hmg-interop: %s (HTTP) - ✔ Connected" % self.url, listed.stdout, listed.stderr)
+        self.assertIn("everything: %s (HTTP) - ✔ Connected" % self.url, listed.stdout, listed.stderr)
 
 
 if __name__ == "__main__":
