@@ -4273,9 +4273,14 @@ def print_client_config(config, words, show_token):
     return 0
 
 
+def status_url(base_url, token=None):
+    """The status page's link; the token rides in the fragment, which the browser never sends."""
+    return base_url + "/" + ("#token=" + urllib.parse.quote(token, safe="") if token else "")
+
+
 def print_status_url(config, show_token):
     token = shown_token(config, show_token)
-    print(gateway_url(config) + "/" + ("" if token == TOKEN_PLACEHOLDER else "#token=" + token))
+    print(status_url(gateway_url(config), None if token == TOKEN_PLACEHOLDER else token))
     return 0
 
 
@@ -4299,8 +4304,8 @@ def client_servers(raw):
     Windsurf), `servers` (VS Code's mcp.json) or `mcp.servers` (VS Code's settings.json); None if it has none."""
     if not isinstance(raw, dict):
         return None
-    for found in (raw.get("mcpServers"), raw.get("servers"), (raw.get("mcp") or {}).get("servers")
-                  if isinstance(raw.get("mcp"), dict) else None):
+    mcp = raw.get("mcp")
+    for found in (raw.get("mcpServers"), raw.get("servers"), mcp.get("servers") if isinstance(mcp, dict) else None):
         if isinstance(found, dict):
             return found
     return None
@@ -4316,7 +4321,7 @@ def _spec_for(server):
     return ServerSpec(dict({key: field.default for key, field in SERVER_FIELDS.items()}, **server))
 
 
-def _imported_server(name, entry, server_id):
+def _imported_server(entry, server_id):
     """(server object, warnings) for a client's stdio entry, or (None, [why it is skipped])."""
     if not isinstance(entry.get("command"), str) or not entry["command"].strip():
         return None, ["has no command"]
@@ -4369,7 +4374,7 @@ def import_client_servers(entries, existing_ids, taken=None):
         if server_id in existing_ids:
             report.append("skipped %s: server_id %s is already in the config; kept as it is" % (name, server_id))
             continue
-        server, notes = _imported_server(name, entry, server_id)
+        server, notes = _imported_server(entry, server_id)
         if server is None:
             report.append("skipped %s: %s" % (name, notes[0]))
             continue
@@ -4489,8 +4494,8 @@ def demo_banner(gateway, token, asked_port):
         "  curl -s %s -d '{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/call\",\"params\":"
         "{\"name\":\"host_info\",\"arguments\":{}}}' %s" % (auth, rpc),
         "  claude mcp add --transport http host-example %s --header \"Authorization: Bearer $TOKEN\"" % rpc,
-        "Status page, with what to add to other clients: %s/#token=%s (with a config of your own, "
-        "--client-config CLIENT prints what to add)" % (base, token),
+        "Status page, with what to add to other clients: %s (with a config of your own, "
+        "--client-config CLIENT prints what to add)" % status_url(base, token),
         "Stop with Ctrl-C.", ""])
 
 

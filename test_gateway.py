@@ -875,6 +875,12 @@ class ClientSnippetTest(unittest.TestCase):
         lan = json.loads(gw.client_snippet("claude-desktop", ["a"], "http://192.168.1.5:7411", "T"))
         self.assertEqual(lan["mcpServers"]["a"]["args"][-1], "--allow-http")  # mcp-remote wants it off loopback
 
+    def test_status_url_carries_the_token_in_its_fragment(self):
+        for token, url in [(None, "http://h:1/"), ("abc123", "http://h:1/#token=abc123"),
+                           ("a%b#c d/e", "http://h:1/#token=a%25b%23c%20d%2Fe")]:
+            with self.subTest(token=token):
+                self.assertEqual(gw.status_url("http://h:1", token), url)
+
     def test_shell_lines_quote_the_token_but_not_the_placeholder(self):
         line = gw.client_snippet("claude-code", ["a"], "http://h:1", 'x"$`\\y')
         self.assertTrue(line.endswith(r'--header "Authorization: Bearer x\"\$\`\\y"'), line)
