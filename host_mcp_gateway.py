@@ -4248,6 +4248,9 @@ def client_snippet(client, server_ids, base_url, token):
 
 def shown_token(config, show_token):
     """The token to print: itself on a terminal or with --show-token, else the placeholder (said on stderr)."""
+    if config.bind_port == 0:
+        print("bind_port is 0, so the port is picked at start: put the one the gateway's `listening` log line "
+              "names in place of :0", file=sys.stderr)
     if show_token or sys.stdout.isatty():
         return config.auth_token
     print("the token is left out because stdout is not a terminal; %s stands for it, --show-token prints it"
@@ -4435,7 +4438,8 @@ def write_config_file(path, raw):
 def import_client_configs(files, config_path):
     """--import [FILE]: adds a client config's stdio servers to the gateway config. Returns None when the
     config was written (main then checks it like --check), else the exit code."""
-    if not files:
+    given = bool(files)  # a file the user named must be a client config; one found in the usual places may not
+    if not given:
         if platform.system() != "Darwin":
             print("--import: give the client config to read, e.g. --import .vscode/mcp.json", file=sys.stderr)
             return 2
@@ -4459,7 +4463,7 @@ def import_client_configs(files, config_path):
         try:
             entries = read_client_config(os.path.expanduser(file))
         except ConfigError as e:
-            if len(files) == 1:
+            if given:
                 raise
             print("  " + e.messages[0])
             continue

@@ -989,6 +989,7 @@ class ClientCliTest(unittest.TestCase):
         self.assertEqual(shown.stdout.splitlines(), ['claude mcp add --transport http a http://127.0.0.1:7499/a/rpc '
                                                      '--header "Authorization: Bearer %s"' % TOKEN])
         self.assertEqual(run_cli("-config", self.config_path, "--status-url").stdout, "http://127.0.0.1:7499/\n")
+        self.assertNotIn("bind_port is 0", hidden.stderr)
         self.assertEqual(run_cli("-config", self.config_path, "--status-url", "--show-token").stdout,
                          "http://127.0.0.1:7499/#token=%s\n" % TOKEN)
         self.assertIn(TOKEN, self.on_terminal("-config", self.config_path, "--client-config", "vscode"))
@@ -1000,6 +1001,8 @@ class ClientCliTest(unittest.TestCase):
                 result = run_cli("-config", self.config_path, "--client-config", *args)
                 self.assertEqual(result.returncode, 2)
                 self.assertIn(complaint, result.stderr)
+        self.write("gateway/config.json", base_config([fake_server("a")]))
+        self.assertIn("bind_port is 0", run_cli("-config", self.config_path, "--status-url").stderr)
 
     def on_terminal(self, *args):
         """What the CLI prints when its stdout is a terminal (a pseudo-terminal here)."""

@@ -602,9 +602,14 @@ class NodeClientsTest(unittest.TestCase):
         env = dict(os.environ, HOME=home, DISABLE_AUTOUPDATER="1", CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1")
         env.pop("CLAUDE_CONFIG_DIR", None)  # its config must live in the temporary HOME
         claude = os.path.join(NPM, "node_modules", ".bin", "claude")
-        # the line --client-config prints, as a user would paste it
-        printed = run_client(self, [sys.executable, GATEWAY, "-config", self.gateway.config_path, "--client-config",
-                                    "claude-code", "everything", "--show-token"], cwd=home)
+        # the line --client-config prints, as a user would paste it, from the config with the port it got
+        with open(self.gateway.config_path) as f:
+            config = dict(json.load(f), bind_port=self.gateway.port)
+        config_path = os.path.join(home, "config.json")
+        with open(config_path, "w") as f:
+            json.dump(config, f)
+        printed = run_client(self, [sys.executable, GATEWAY, "-config", config_path, "--client-config", "claude-code",
+                                    "everything", "--show-token"], cwd=home)
         self.assertEqual(printed.returncode, 0, printed.stderr)
         line = shlex.split(printed.stdout)
         self.assertEqual(line[:3], ["claude", "mcp", "add"])
