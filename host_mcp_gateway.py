@@ -15,7 +15,8 @@ clients share each of them safely:
 
 Endpoints: `POST /{server_id}/rpc` is an MCP Streamable HTTP endpoint (POST, GET event stream, DELETE,
 `Mcp-Session-Id`) that also answers plain curl calls without a session; `POST /rpc` takes
-`{"server_id": ..., "payload": <JSON-RPC>}`; `GET /health`, `GET /servers` and `GET /metrics` report status.
+`{"server_id": ..., "payload": <JSON-RPC>}`; `GET /health`, `GET /servers` and `GET /metrics` report status;
+`GET /` is a status page for a browser (served without the token: it holds no data, its script fetches them).
 
 Quick start:   python3 host_mcp_gateway.py --demo
 Own config:    python3 host_mcp_gateway.py --init  (then edit it)  and  python3 host_mcp_gateway.py --check
@@ -57,6 +58,7 @@ import ssl
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -75,6 +77,8 @@ LAUNCHD_PATH = "/usr/bin:/bin:/usr/sbin:/sbin"  # what launchd gives a LaunchAge
 # What the LaunchAgent sets: Homebrew's folders (Apple silicon, Intel) first, for servers run as npx or uvx.
 AGENT_PATH = "/opt/homebrew/bin:/usr/local/bin:" + LAUNCHD_PATH
 AGENT_LABEL = "com.example.host-mcp-gateway"
+MCP_REMOTE_VERSION = "0.15.1"  # Claude Desktop's bridge in --client-config: npm's current version when pinned
+TOKEN_PLACEHOLDER = "${HOST_MCP_GATEWAY_TOKEN}"  # printed instead of the token when stdout is not a terminal
 
 # MCP protocol revisions that use the initialize handshake, newest first. The gateway itself speaks the newest
 # to its children; a client asking for an older one gets it on its session.
@@ -4036,9 +4040,9 @@ def parse_head(head):
 
 
 STATIC_ROUTES = {"/health": ("GET", "HEAD"), "/servers": ("GET", "HEAD"), "/metrics": ("GET", "HEAD"),
-                 "/rpc": ("POST",)}  # HEAD is answered as GET without the body
+                 "/rpc": ("POST",), "/": ("GET", "HEAD")}  # HEAD is answered as GET without the body
 ROUTE_TEMPLATES = {"health": "/health", "servers": "/servers", "metrics": "/metrics", "rpc": "/rpc",
-                   "mcp": "/{server_id}/rpc"}  # http.route, low-cardinality
+                   "mcp": "/{server_id}/rpc", "": "/"}  # http.route, low-cardinality
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
 MCP_METHODS = ("GET", "POST", "DELETE")
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, Accept, Mcp-Session-Id, MCP-Protocol-Version, Last-Event-ID"
@@ -4051,6 +4055,248 @@ class Runtimes(dict):
 
     def __missing__(self, server_id):
         raise server_not_found(server_id)
+
+
+# The status page (GET /): one self-contained page, served without the token since it holds no data; its script
+# asks for the token (or takes it from the URL's #token= fragment, which browsers never send) and fetches
+# /servers and /health with it. The headers allow nothing but that inline style and script, by their hashes.
+_STATUS_STYLE = r'''
+body { font: 14px/1.4 -apple-system, BlinkMacSystemFont, "Segoe UI", Helvetica, Arial, sans-serif; margin: 1.5em;
+       color: #1d1d1f; background: #fff; }
+h1 { font-size: 1.3em; margin: 0 0 .2em; }
+h2 { font-size: 1.05em; margin: 1.4em 0 .4em; }
+#summary { color: #555; }
+table { border-collapse: collapse; width: 100%; }
+th, td { text-align: left; padding: .3em .6em; border-bottom: 1px solid #e5e5e5; vertical-align: top; }
+th { font-weight: 600; color: #444; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.state { font-weight: 600; }
+.ready { color: #1a7f37; } .starting, .backoff { color: #9a6700; } .failed, .stopped, .exited { color: #cf222e; }
+.muted { color: #777; }
+pre { background: #f6f8fa; padding: .8em; overflow: auto; white-space: pre-wrap; word-break: break-all; }
+pre:empty { display: none; }
+ul#errors { padding-left: 1.2em; } ul#errors li { font-family: ui-monospace, Menlo, monospace; font-size: 12px; }
+form#login { max-width: 28em; } input[type=password] { width: 100%; padding: .4em; margin: .3em 0; }
+button, select { font: inherit; padding: .25em .6em; margin-right: .4em; }
+.error { color: #cf222e; }
+'''
+_STATUS_SCRIPT = '"use strict";\nconst MCP_REMOTE_VERSION = %s;\n' % json.dumps(MCP_REMOTE_VERSION) + r'''
+// Everything this page shows comes from GET /servers and GET /health, fetched with the token; the page itself
+// holds no data. Every value is inserted as text (textContent), never as HTML.
+const MCP_REMOTE = "mcp-remote@" + MCP_REMOTE_VERSION;
+const KEY = "host-mcp-gateway-token";
+const POLL_MS = 2000;
+let token = null, timer = null, previous = {}, serverIds = [];
+const recent = [];  // what changed, newest first: kept here, not by the gateway
+
+function $(id) { return document.getElementById(id); }
+function cell(row, text, className) {
+  const td = document.createElement("td");
+  td.textContent = text === null || text === undefined ? "" : String(text);
+  if (className) td.className = className;
+  row.appendChild(td);
+  return td;
+}
+function duration(s) {
+  if (s === null || s === undefined) return "";
+  s = Math.floor(s);
+  const h = Math.floor(s / 3600), m = Math.floor(s % 3600 / 60);
+  return (h ? h + "h " : "") + (h || m ? m + "m " : "") + (s % 60) + "s";
+}
+function text(value) {
+  return typeof value === "string" || value === null || value === undefined ? value : JSON.stringify(value);
+}
+function item(list, line, className) {
+  const li = document.createElement("li");
+  li.textContent = line;
+  if (className) li.className = className;
+  list.appendChild(li);
+}
+
+// The snippets of --client-config, built here from the same shapes (host_mcp_gateway.py's CLIENT_SNIPPETS).
+function snippet(client, ids, base, tok) {
+  const url = id => base + "/" + id + "/rpc";
+  const each = build => { const out = {}; for (const id of ids) out[id] = build(url(id)); return out; };
+  const headers = {"Authorization": "Bearer " + tok};
+  const loopback = ["127.0.0.1", "localhost", "[::1]"].includes(new URL(base).hostname);
+  switch (client) {
+    case "claude-code": {
+      const quoted = tok === "${HOST_MCP_GATEWAY_TOKEN}" ? tok : tok.replace(/[\\"$`]/g, "\\$&");
+      return ids.map(id => "claude mcp add --transport http " + id + " " + url(id) +
+                      ' --header "Authorization: Bearer ' + quoted + '"').join("\n");
+    }
+    case "claude-desktop":
+      return JSON.stringify({mcpServers: each(u => ({command: "npx",
+        args: ["-y", MCP_REMOTE, u, "--header", "Authorization:${AUTH}"].concat(loopback ? [] : ["--allow-http"]),
+        env: {AUTH: "Bearer " + tok}}))}, null, 2);
+    case "cursor": return JSON.stringify({mcpServers: each(u => ({url: u, headers}))}, null, 2);
+    case "vscode": return JSON.stringify({servers: each(u => ({type: "http", url: u, headers}))}, null, 2);
+    case "windsurf": return JSON.stringify({mcpServers: each(u => ({serverUrl: u, headers}))}, null, 2);
+  }
+  return "";
+}
+
+function note(what) {
+  recent.unshift(new Date().toLocaleTimeString() + "  " + what);
+  recent.length = Math.min(recent.length, 50);
+}
+function changes(server) {
+  const before = previous[server.server_id];
+  previous[server.server_id] = server;
+  if (!before) return;
+  if (server.state !== before.state) note(server.server_id + ": " + before.state + " -> " + server.state);
+  if (server.restart_count > before.restart_count)
+    note(server.server_id + ": restarted (" + server.restart_count + " so far); last exit: " +
+         (text(server.last_exit) || "?"));
+  if (server.last_error && server.last_error !== before.last_error)
+    note(server.server_id + ": " + text(server.last_error));
+}
+
+function render(servers, health) {
+  $("summary").textContent = "gateway " + health.status + ", up " + duration(health.uptime_s) + ", " +
+    servers.length + " server(s); updated " + new Date().toLocaleTimeString();
+  const rows = $("servers"), sessions = $("sessions");
+  rows.replaceChildren();
+  sessions.replaceChildren();
+  for (const s of servers) {
+    changes(s);
+    const row = document.createElement("tr");
+    row.dataset.server = s.server_id;
+    cell(row, s.server_id);
+    cell(row, s.state, "state " + s.state);
+    cell(row, s.pid, "num pid");
+    cell(row, duration(s.uptime_s), "num");
+    cell(row, s.restart_count, "num restarts");
+    cell(row, text(s.last_exit));
+    cell(row, text(s.last_error), s.last_error ? "error" : "");
+    cell(row, s.calls_in_flight, "num");
+    cell(row, (s.sessions || []).length, "num");
+    rows.appendChild(row);
+    for (const v of s.sessions || []) {
+      const r = document.createElement("tr");
+      const stream = v.stream_open ? "open" : "closed";
+      for (const value of [s.server_id, v.session, v.client, duration(v.age_s), duration(v.idle_s), stream])
+        cell(r, value);
+      sessions.appendChild(r);
+    }
+  }
+  if (!sessions.children.length) {
+    const r = document.createElement("tr");
+    cell(r, "no MCP sessions open", "muted").colSpan = 6;
+    sessions.appendChild(r);
+  }
+  const list = $("errors");
+  list.replaceChildren();
+  for (const line of recent) item(list, line);
+  if (!recent.length) item(list, "nothing yet", "muted");
+  const ids = servers.map(s => s.server_id);
+  if (ids.join("\n") !== serverIds.join("\n")) {
+    serverIds = ids;
+    const pick = $("snippet-server");
+    pick.replaceChildren();
+    for (const value of ["(all)"].concat(ids)) {
+      const option = document.createElement("option");
+      option.textContent = value;
+      pick.appendChild(option);
+    }
+  }
+}
+
+async function get(path) {
+  const response = await fetch(path, {headers: {"Authorization": "Bearer " + token}, cache: "no-store"});
+  if (response.status === 401) throw new Error("unauthorized");
+  return response.json();  // /health answers 503 with the same shape when a server is not ready
+}
+async function poll() {
+  timer = null;
+  try {
+    const [servers, health] = await Promise.all([get("/servers"), get("/health")]);
+    render(servers.servers, health);
+  } catch (error) {
+    if (error.message === "unauthorized") { signOut("The gateway refused this token."); return; }
+    $("summary").textContent = "cannot reach the gateway: " + error.message + " (trying again)";
+  }
+  timer = setTimeout(poll, POLL_MS);
+}
+
+function signIn(value) {
+  token = value;
+  sessionStorage.setItem(KEY, value);
+  $("login").hidden = true;
+  $("status").hidden = false;
+  if (timer === null) poll();
+}
+function signOut(message) {
+  token = null;
+  sessionStorage.removeItem(KEY);
+  if (timer !== null) { clearTimeout(timer); timer = null; }
+  $("status").hidden = true;
+  $("login").hidden = false;
+  $("login-error").textContent = message || "";
+}
+
+$("login").addEventListener("submit", event => {
+  event.preventDefault();
+  const value = $("token").value.trim();
+  $("token").value = "";
+  if (value) signIn(value);
+});
+$("forget").addEventListener("click", () => signOut(""));
+$("show-snippet").addEventListener("click", () => {
+  const chosen = $("snippet-server").value;
+  $("snippet").textContent = snippet($("snippet-client").value, chosen === "(all)" ? serverIds : [chosen],
+                                     location.origin, token);
+});
+
+// #token=... in the address: taken, then removed from the address bar. A fragment never reaches the server.
+const fragment = /^#token=(.+)$/.exec(location.hash);
+if (fragment) history.replaceState(null, "", location.pathname + location.search);
+const saved = fragment ? decodeURIComponent(fragment[1]) : sessionStorage.getItem(KEY);
+if (saved) signIn(saved); else signOut("");
+'''
+_STATUS_BODY = r'''
+<header><h1>host-mcp-gateway</h1><div id="summary"></div></header>
+<form id="login" hidden>
+<p>Paste the gateway's token (the config's <code>auth_token</code>; <code>--status-url</code> prints a link with
+it). It stays in this tab only.</p>
+<input id="token" type="password" autocomplete="off" aria-label="token" autofocus>
+<button type="submit">Show status</button>
+<p id="login-error" class="error"></p>
+</form>
+<main id="status" hidden>
+<table><thead><tr><th>Server</th><th>State</th><th>PID</th><th>Uptime</th><th>Restarts</th><th>Last exit</th>
+<th>Last error</th><th>Calls in flight</th><th>Sessions</th></tr></thead><tbody id="servers"></tbody></table>
+<h2>Sessions</h2>
+<table><thead><tr><th>Server</th><th>Session</th><th>Client</th><th>Age</th><th>Idle</th><th>Event stream</th></tr>
+</thead><tbody id="sessions"></tbody></table>
+<h2>Recent changes and errors <span class="muted">(seen by this page since it opened)</span></h2>
+<ul id="errors"></ul>
+<h2>Connect a client</h2>
+<select id="snippet-client" aria-label="client"><option>claude-code</option><option>claude-desktop</option>
+<option>cursor</option><option>vscode</option><option>windsurf</option></select>
+<select id="snippet-server" aria-label="server"></select>
+<button id="show-snippet" type="button">Show settings</button>
+<pre id="snippet"></pre>
+<p><button id="forget" type="button">Forget the token</button></p>
+</main>
+'''
+
+
+def _csp_hash(text):
+    return "'sha256-%s'" % base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii")
+
+
+STATUS_PAGE = ('<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
+               'content="width=device-width, initial-scale=1"><title>host-mcp-gateway status</title>'
+               '<link rel="icon" href="data:,"><style>%s</style></head>\n<body>%s<script>%s</script>\n</body></html>\n'
+               % (_STATUS_STYLE, _STATUS_BODY, _STATUS_SCRIPT)).encode("utf-8")
+STATUS_PAGE_HEADERS = (
+    ("Content-Security-Policy", "default-src 'none'; script-src %s; style-src %s; connect-src 'self'; "
+     "img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+     % (_csp_hash(_STATUS_SCRIPT), _csp_hash(_STATUS_STYLE))),
+    ("X-Frame-Options", "DENY"), ("Referrer-Policy", "no-referrer"), ("Cache-Control", "no-store"),
+    ("X-Content-Type-Options", "nosniff"))
+PUBLIC_PATHS = frozenset({"/"})  # answered without the token: the status page, which holds no data
 
 
 def match_route(path, server_ids):
@@ -4097,7 +4343,7 @@ def parse_json_body(body):
     try:
         value = json_loads(body)
     except (ValueError, UnicodeDecodeError) as e:
-        raise GatewayError("request body is not valid JSON: %s" % e, 400, "invalid_json", JSONRPC_PARSE_ERROR)
+        raise GatewayError("request body is not valid JSON: %s" % e, 400, "invalid_json", JSONRPC_PARSE_ERROR) from None
     problem = json_input_problem(body, value)
     if problem:
         raise GatewayError("request body refused: " + problem, 400, "invalid_json", JSONRPC_PARSE_ERROR)
@@ -4437,7 +4683,7 @@ class Connection(socketserver.BaseRequestHandler):
 
 class HttpFront:
     """Checks every request in the documented order (client address, bearer token, route and method, body
-    limits), runs its endpoint, and writes one access log line."""
+    limits), runs its endpoint, and writes one access log line. PUBLIC_PATHS skip only the token check."""
 
     def __init__(self, config, logger, runtimes, router, telemetry):
         self.log = logger
@@ -4454,7 +4700,8 @@ class HttpFront:
         self._connections = set()  # open Connections (self._lock)
         self._endpoints = {("health", "GET"): self.get_health, ("servers", "GET"): self.get_servers,
                            ("metrics", "GET"): self.get_metrics, ("rpc", "POST"): self.post_rpc, ("mcp", "POST"): self.post_mcp,
-                           ("mcp", "GET"): self.get_mcp, ("mcp", "DELETE"): self.delete_mcp}
+                           ("mcp", "GET"): self.get_mcp, ("mcp", "DELETE"): self.delete_mcp,
+                           ("", "GET"): self.get_status}
 
     def use_config(self, config, runtimes):
         """At start, and at each reload for the requests that come next: each field is replaced whole, so a
@@ -4515,7 +4762,7 @@ class HttpFront:
                     status = self._preflight(conn, request)
                     return
             token = conn.token_name = token_name(request.headers.get("authorization"), self.tokens)
-            if token is None:
+            if token is None and request.path not in PUBLIC_PATHS:
                 raise GatewayError("missing or wrong bearer token", 401, "unauthorized",
                                    headers=[("WWW-Authenticate", 'Bearer realm="host-mcp-gateway"')])
             span.set("host_mcp_gateway.token.name", token)
@@ -4650,6 +4897,10 @@ class HttpFront:
     def get_metrics(self, conn, request, body, server_id):
         """The same instruments as the OTLP export, in the Prometheus text format, for scrapers."""
         conn.send(200, prometheus_text(self.telemetry.meter).encode("utf-8"), "text/plain; version=0.0.4")
+        return 200
+
+    def get_status(self, conn, request, body, server_id):
+        conn.send(200, STATUS_PAGE, "text/html; charset=utf-8", STATUS_PAGE_HEADERS)
         return 200
 
     def get_servers(self, conn, request, body, server_id):
@@ -5264,9 +5515,11 @@ def init_config(path):
     with os.fdopen(fd, "w") as f:
         json.dump(starter_config(), f, indent=2)
         f.write("\n")
+    me = "%s %s" % (sys.executable, os.path.abspath(__file__))
     print("wrote %s (mode 0600) with a new token and the example server.\n"
-          "Next: add your servers to it, then run: %s %s --check -config %s"
-          % (path, sys.executable, os.path.abspath(__file__), path))
+          "Next: add your servers to it (--import FILE takes them from an MCP client's config), then run: %s --check "
+          "-config %s\nThen %s --client-config CLIENT -config %s prints what to add to your MCP client (%s)."
+          % (path, me, path, me, path, ", ".join(CLIENT_SNIPPETS)))
     return 0
 
 
@@ -5293,6 +5546,303 @@ def check_config(config, warnings):
     return 0
 
 
+# Client snippets (--client-config): what each MCP client needs to reach this gateway. The status page (§10)
+# builds the same shapes in its own script; ClientSnippetTest checks that both agree.
+
+def gateway_url(config):
+    """The base URL a client on this host uses: an all-addresses bind_host is reached on 127.0.0.1."""
+    host = config.bind_host.strip()
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return "http://%s:%d" % ("[%s]" % host if ":" in host else host, config.bind_port)
+
+
+def _shell_double_quoted(text):
+    return '"%s"' % re.sub(r'([\\"$`])', r"\\\1", text)
+
+
+def _claude_code_snippet(servers, token):
+    header = "Authorization: Bearer "
+    header = _shell_double_quoted(header + token) if token != TOKEN_PLACEHOLDER else '"%s%s"' % (header, token)
+    return "\n".join("claude mcp add --transport http %s %s --header %s" % (name, url, header)
+                     for name, url in servers)
+
+
+def _claude_desktop_snippet(servers, token):
+    # "Authorization:${AUTH}" has no space: Claude Desktop splits arguments with spaces on some versions, and
+    # mcp-remote expands ${AUTH} from env itself. mcp-remote refuses plain http:// except to localhost.
+    def args(url):
+        loopback = urllib.parse.urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1")
+        return (["-y", "mcp-remote@" + MCP_REMOTE_VERSION, url, "--header", "Authorization:${AUTH}"] +
+                ([] if loopback else ["--allow-http"]))
+    return {"mcpServers": {name: {"command": "npx", "args": args(url), "env": {"AUTH": "Bearer " + token}}
+                           for name, url in servers}}
+
+
+def _url_headers_snippet(top, url_key, extra=()):
+    def build(servers, token):
+        return {top: {name: dict(extra, **{url_key: url, "headers": {"Authorization": "Bearer " + token}})
+                      for name, url in servers}}
+    return build
+
+
+# client -> (snippet builder, where the snippet goes)
+CLIENT_SNIPPETS = {
+    "claude-code": (_claude_code_snippet, "run these in a terminal; add --scope user for every project"),
+    "claude-desktop": (_claude_desktop_snippet, "merge into ~/Library/Application Support/Claude/"
+                                                "claude_desktop_config.json, then restart Claude Desktop; needs "
+                                                "Node.js (npx)"),
+    "cursor": (_url_headers_snippet("mcpServers", "url"),
+               "merge into ~/.cursor/mcp.json (every project) or .cursor/mcp.json (one project)"),
+    "vscode": (_url_headers_snippet("servers", "url", {"type": "http"}),
+               "merge into .vscode/mcp.json (one workspace) or the user mcp.json (MCP: Open User Configuration)"),
+    "windsurf": (_url_headers_snippet("mcpServers", "serverUrl"), "merge into ~/.codeium/windsurf/mcp_config.json"),
+}
+
+
+def client_snippet(client, server_ids, base_url, token):
+    """The text to paste into `client` for the given servers: shell lines or indented JSON."""
+    servers = [(server_id, "%s/%s/rpc" % (base_url, server_id)) for server_id in server_ids]
+    snippet = CLIENT_SNIPPETS[client][0](servers, token)
+    return snippet if isinstance(snippet, str) else json.dumps(snippet, indent=2)
+
+
+def shown_token(config, show_token):
+    """The token to print: itself on a terminal or with --show-token, else the placeholder (said on stderr)."""
+    if config.bind_port == 0:
+        print("bind_port is 0, so the port is picked at start: put the one the gateway's `listening` log line "
+              "names in place of :0", file=sys.stderr)
+    if show_token or sys.stdout.isatty():
+        return config.auth_token
+    print("the token is left out because stdout is not a terminal; %s stands for it, --show-token prints it"
+          % TOKEN_PLACEHOLDER, file=sys.stderr)
+    return TOKEN_PLACEHOLDER
+
+
+def print_client_config(config, words, show_token):
+    """--client-config CLIENT [SERVER_ID]: exit 2 naming the choices for an unknown client or server id."""
+    client, server_ids = words[0], [spec.server_id for spec in config.servers]
+    if client not in CLIENT_SNIPPETS:
+        print("unknown client %r; choose one of: %s" % (client, ", ".join(CLIENT_SNIPPETS)), file=sys.stderr)
+        return 2
+    if len(words) > 1:
+        if words[1] not in server_ids:
+            print("no server with server_id %r in %s; configured: %s" % (words[1], config.path, ", ".join(server_ids)),
+                  file=sys.stderr)
+            return 2
+        server_ids = words[1:]
+    snippet = client_snippet(client, server_ids, gateway_url(config), shown_token(config, show_token))
+    print("# %s: %s" % (client, CLIENT_SNIPPETS[client][1]), file=sys.stderr)
+    print(snippet)
+    return 0
+
+
+def status_url(base_url, token=None):
+    """The status page's link; the token rides in the fragment, which the browser never sends."""
+    return base_url + "/" + ("#token=" + urllib.parse.quote(token, safe="") if token else "")
+
+
+def print_status_url(config, show_token):
+    token = shown_token(config, show_token)
+    print(status_url(gateway_url(config), None if token == TOKEN_PLACEHOLDER else token))
+    return 0
+
+
+# Importing MCP client configs (--import): Claude Desktop, Claude Code, Cursor, VS Code -----------------------------
+
+_JSONC_COMMENT_RE = re.compile(r'("(?:[^"\\\n]|\\.)*")|//[^\n]*|/\*.*?\*/', re.S)
+_JSONC_COMMA_RE = re.compile(r'("(?:[^"\\\n]|\\.)*")|,(?=\s*[}\]])')
+REMOTE_TYPES = ("http", "sse", "streamable-http", "streamableHttp", "ws")  # client types that name a URL, not a command
+IMPORTED_KEYS = ("command", "args", "env", "cwd", "type")  # of a client's entry; others are named as ignored
+
+
+def strip_jsonc(text):
+    """JSON with comments (VS Code's mcp.json) as JSON: `//` and `/* */` comments and trailing commas outside
+    strings removed. A comment's line breaks are kept, so that a JSON error's line number stays right."""
+    text = _JSONC_COMMENT_RE.sub(lambda m: m.group(1) or "\n" * m.group(0).count("\n"), text)
+    return _JSONC_COMMA_RE.sub(lambda m: m.group(1) or "", text)
+
+
+def client_servers(raw):
+    """The name -> entry object of an MCP client's config: `mcpServers` (Claude Desktop, Claude Code, Cursor,
+    Windsurf), `servers` (VS Code's mcp.json) or `mcp.servers` (VS Code's settings.json); None if it has none."""
+    if not isinstance(raw, dict):
+        return None
+    mcp = raw.get("mcp")
+    for found in (raw.get("mcpServers"), raw.get("servers"), mcp.get("servers") if isinstance(mcp, dict) else None):
+        if isinstance(found, dict):
+            return found
+    return None
+
+
+def url_safe_id(name):
+    """A client's server name as a server_id: runs of other characters become `-`."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "server"
+
+
+def _spec_for(server):
+    """A ServerSpec of a server object that has only some keys, the others at their defaults."""
+    return ServerSpec(dict({key: field.default for key, field in SERVER_FIELDS.items()}, **server))
+
+
+def _imported_server(entry, server_id):
+    """(server object, warnings) for a client's stdio entry, or (None, [why it is skipped])."""
+    if not isinstance(entry.get("command"), str) or not entry["command"].strip():
+        return None, ["has no command"]
+    server = {"server_id": server_id, "command": entry["command"]}
+    for key, target in (("args", "args"), ("env", "env"), ("cwd", "working_dir")):
+        if key in entry:
+            problem = SERVER_FIELDS[target].check(entry[key])
+            if problem:
+                return None, ["%s %s" % (key, problem)]
+            server[target] = entry[key]
+    warnings = []
+    ignored = sorted(key for key in entry if key not in IMPORTED_KEYS)
+    if ignored:
+        warnings.append("ignored: " + ", ".join(ignored))
+    if any("${" in value for value in server.get("args", []) + list(server.get("env", {}).values())):
+        warnings.append("uses ${...} variables, which the gateway passes on as they are: put in their values")
+    found, search_path, source = resolve_command(_spec_for(server))
+    if found is None:
+        where = "on %s (%s)" % (source, search_path) if source else "there"
+        warnings.append("command %r not found %s; kept as it is: give its absolute path" % (server["command"], where))
+    else:
+        server["command"] = os.path.abspath(found)
+        folder = os.path.dirname(server["command"])
+        if "PATH" not in server.get("env", {}) and folder not in LAUNCHD_PATH.split(":"):
+            # a script such as npx starts `#!/usr/bin/env node`: node is beside it, and launchd's PATH lacks both
+            server["env"] = dict(server.get("env", {}), PATH=folder + ":" + LAUNCHD_PATH)
+    return server, warnings
+
+
+def import_client_servers(entries, existing_ids, taken=None):
+    """Gateway server objects for a client config's stdio entries. Returns (servers, report lines, warnings).
+    Names are made URL-safe; a name whose id is reserved or already taken by an earlier entry of the import
+    gets -2, -3...; an id already in the gateway config is never overwritten; remote entries are skipped."""
+    taken = set() if taken is None else taken  # server_ids given out in this import, across files
+    servers, report, warnings = [], [], []
+    for name, entry in entries.items():
+        base = url_safe_id(name)
+        server_id, n = base, 1
+        while server_id.lower() in RESERVED_SERVER_IDS or server_id in taken:
+            n += 1
+            server_id = "%s-%d" % (base, n)
+        taken.add(server_id)
+        if not isinstance(entry, dict):
+            report.append("skipped %s: not an object" % name)
+            continue
+        if "url" in entry or "serverUrl" in entry or entry.get("type") in REMOTE_TYPES:
+            report.append("skipped %s: a remote server (%s); point your client at it directly" % (
+                name, entry.get("url") or entry.get("serverUrl") or entry.get("type")))
+            continue
+        if server_id in existing_ids:
+            report.append("skipped %s: server_id %s is already in the config; kept as it is" % (name, server_id))
+            continue
+        server, notes = _imported_server(entry, server_id)
+        if server is None:
+            report.append("skipped %s: %s" % (name, notes[0]))
+            continue
+        servers.append(server)
+        why = []
+        if base != name:
+            why.append("names in URLs are letters, digits, '.', '_', '-'")
+        if server_id != base:
+            why.append("%s is %s" % (base, "a path the gateway routes itself" if base.lower() in RESERVED_SERVER_IDS
+                                     else "taken by an earlier entry"))
+        renamed = " as %s (%s)" % (server_id, "; ".join(why)) if why else ""
+        report.append("added %s%s: %s" % (name, renamed, " ".join([server["command"]] + server.get("args", []))))
+        warnings.extend("%s: %s" % (server_id, note) for note in notes)
+    return servers, report, warnings
+
+
+def usual_client_configs(home):
+    """Where a Mac's MCP clients keep their servers, in the order --import reads them."""
+    return [os.path.join(home, "Library", "Application Support", "Claude", "claude_desktop_config.json"),
+            os.path.join(home, ".cursor", "mcp.json"), os.path.join(home, ".claude.json")]
+
+
+def read_client_config(path):
+    """A client config's servers (name -> entry), or a ConfigError saying why there are none."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(["%s: cannot read: %s" % (path, e)]) from None
+    try:
+        raw = json.loads(strip_jsonc(text))
+    except json.JSONDecodeError as e:
+        raise ConfigError(["%s: %s" % (path, describe_json_error(e))]) from None
+    entries = client_servers(raw)
+    if entries is None:
+        raise ConfigError(["%s: no mcpServers or servers object; not an MCP client's config" % path])
+    return entries
+
+
+def write_config_file(path, raw):
+    """Replaces the config at `path` (through a symlink) at once: a temporary file beside it, mode 0600, renamed."""
+    path = os.path.realpath(path)
+    folder = os.path.dirname(path)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=".config-", suffix=".tmp", dir=folder)  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(raw, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def import_client_configs(files, config_path):
+    """--import [FILE]: adds a client config's stdio servers to the gateway config. Returns None when the
+    config was written (main then checks it like --check), else the exit code."""
+    given = bool(files)  # a file the user named must be a client config; one found in the usual places may not
+    if not given:
+        if platform.system() != "Darwin":
+            print("--import: give the client config to read, e.g. --import .vscode/mcp.json", file=sys.stderr)
+            return 2
+        files = [path for path in usual_client_configs(os.path.expanduser("~")) if os.path.isfile(path)]
+        if not files:
+            print("--import: no client config in %s; give FILE" % ", ".join(
+                usual_client_configs("~")), file=sys.stderr)
+            return 2
+    path = os.path.expanduser(config_path)
+    if os.path.exists(path):
+        load_config(path)  # refuses to add to a config that is already broken
+        with open(path, "rb") as f:
+            raw = json.loads(f.read().decode("utf-8"))
+        print("adding to %s" % path)
+    else:
+        raw = starter_config()
+        print("starting %s from the starter config (a new token and the example server)" % path)
+    existing, taken, added = {server["server_id"] for server in raw["servers"]}, set(), []
+    for file in files:
+        print("reading %s" % file)
+        try:
+            entries = read_client_config(os.path.expanduser(file))
+        except ConfigError as e:
+            if given:
+                raise
+            print("  " + e.messages[0])
+            continue
+        servers, report, warnings = import_client_servers(entries, existing, taken)
+        for line in report:
+            print("  " + line)
+        for line in warnings:
+            print("warning: " + line, file=sys.stderr)
+        added.extend(servers)
+    if not added:
+        print("nothing added; %s is unchanged" % path)
+        return 0
+    raw["servers"].extend(added)
+    write_config_file(path, raw)
+    print("wrote %s (mode 0600) with %d new server(s); checking it:" % (path, len(added)))
+    return None
+
+
 def demo_banner(gateway, token, asked_port):
     base = "http://127.0.0.1:%d" % gateway.port
     moved = "" if gateway.port == asked_port else " (port %d was taken)" % asked_port
@@ -5309,6 +5859,8 @@ def demo_banner(gateway, token, asked_port):
         "  curl -s %s -d '{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/call\",\"params\":"
         "{\"name\":\"host_info\",\"arguments\":{}}}' %s" % (auth, rpc),
         "  claude mcp add --transport http host-example %s --header \"Authorization: Bearer $TOKEN\"" % rpc,
+        "Status page, with what to add to other clients: %s (with a config of your own, "
+        "--client-config CLIENT prints what to add)" % status_url(base, token),
         "Stop with Ctrl-C.", ""])
 
 
@@ -5519,6 +6071,18 @@ def build_parser():
     mode.add_argument("--uninstall-agent", action="store_true", help="macOS: stop and remove that LaunchAgent")
     mode.add_argument("--example-server", action="store_true",
                       help="be the embedded example MCP server on stdin/stdout (what --demo runs)")
+    mode.add_argument("--import", nargs="*", dest="import_files", metavar="FILE",
+                      help="add the stdio servers of an MCP client's config (claude_desktop_config.json, .mcp.json, "
+                      "Cursor's or VS Code's mcp.json) to the config, then check it; on a Mac, with no FILE, "
+                      "read the usual places")
+    mode.add_argument("--client-config", nargs="+", metavar=("CLIENT", "SERVER_ID"),
+                      help="print what to add to an MCP client (%s) to reach the configured servers, or one"
+                      % ", ".join(CLIENT_SNIPPETS))
+    mode.add_argument("--status-url", action="store_true",
+                      help="print the link to the status page, http://127.0.0.1:PORT/#token=...")
+    parser.add_argument("--show-token", action="store_true",
+                        help="with --client-config and --status-url: print the token even when stdout is not a "
+                        "terminal")
     parser.add_argument("--log-level", choices=tuple(Logger.LEVELS),
                         help="least level logged; overrides the config's log_level (default info)")
     parser.add_argument("--version", action="version", version="host-mcp-gateway " + VERSION)
@@ -5539,21 +6103,31 @@ def main(argv=None):
         return run_demo(args.log_level)
     if args.uninstall_agent:
         return uninstall_agent()
+    if args.client_config is not None and len(args.client_config) > 2:
+        parser.error("--client-config takes CLIENT and at most one SERVER_ID")
     path = args.config or DEFAULT_CONFIG_PATH
 
     def load():
         return load_to_serve(path, args.log_level)
     try:
+        if args.import_files is not None:
+            code = import_client_configs(args.import_files, path)
+            if code is not None:
+                return code
         config, warnings = load()
     except ConfigError as e:
         report_config_error(e)
         return 2
-    if args.check:
+    if args.check or args.import_files is not None:
         return check_config(config, warnings)
     if args.reload:
         return send_reload(path)
     if args.install_agent:
         return install_agent(path, config, warnings)
+    if args.client_config is not None:
+        return print_client_config(config, args.client_config, args.show_token)
+    if args.status_url:
+        return print_status_url(config, args.show_token)
     logger = Logger(level=config.log_level)
     for warning in warnings:
         logger.warning("config_warning", message=warning)

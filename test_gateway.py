@@ -12,7 +12,9 @@ import http.server
 import json
 import os
 import plistlib
+import pty
 import resource
+import select
 import shutil
 import signal
 import socket
@@ -249,6 +251,14 @@ def status_of(raw):
 
 def body_of(raw):
     return json.loads(raw.split(b"\r\n\r\n", 1)[1])
+
+
+def wait_readable(fileobj, timeout=TIMEOUT):
+    """Returns once `fileobj` has something to read (or its end); fails the test after `timeout`."""
+    poller = select.poll()
+    poller.register(fileobj, select.POLLIN)
+    if not poller.poll(timeout * 1000):
+        raise AssertionError("nothing to read in %.0f s" % timeout)
 
 
 def run_cli(*args, timeout=TIMEOUT, env=None):
@@ -608,10 +618,10 @@ class RouteTest(unittest.TestCase):
     def test_table(self):
         ids = {"fake", "a.b-c_d"}
         for path, expected in [("/health", ("health", None)), ("/servers", ("servers", None)), ("/rpc", ("rpc", None)),
-                               ("/fake/rpc", ("mcp", "fake")), ("/a.b-c_d/rpc", ("mcp", "a.b-c_d"))]:
+                               ("/fake/rpc", ("mcp", "fake")), ("/a.b-c_d/rpc", ("mcp", "a.b-c_d")), ("/", ("", None))]:
             with self.subTest(path=path):
                 self.assertEqual(gw.match_route(path, ids)[:2], expected)
-        for path, code in [("/", "not_found"), ("//health", "not_found"), ("/health/", "not_found"),
+        for path, code in [("//", "not_found"), ("//health", "not_found"), ("/health/", "not_found"),
                            ("/fake/rpc/x", "not_found"), ("/nope/rpc", "server_not_found"), ("/fake", "not_found")]:
             with self.subTest(path=path):
                 with self.assertRaises(gw.GatewayError) as caught:
@@ -732,6 +742,7 @@ class CliTest(unittest.TestCase):
             config = json.load(f)
         self.assertEqual(len(config["auth_token"]), 64)
         self.assertEqual(config["servers"][0]["args"], [GATEWAY, "--example-server"])
+        self.assertIn("--client-config CLIENT -config %s prints what to add" % path, result.stdout)
         checked = run_cli("--check", "-config", path)
         self.assertEqual(checked.returncode, 0)
         self.assertNotIn("LaunchAgent", checked.stderr)  # an absolute command needs no PATH
@@ -876,6 +887,7 @@ class CliTest(unittest.TestCase):
                 break
         text = "".join(banner)
         token = text.split("TOKEN=", 1)[1].split()[0]
+        self.assertIn("/#token=%s (with a config of your own, --client-config CLIENT prints what to add)" % token, text)
         port = int(text.split("http://127.0.0.1:", 1)[1].split("/")[0])
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
         self.addCleanup(conn.close)
@@ -890,6 +902,269 @@ class CliTest(unittest.TestCase):
         proc.send_signal(signal.SIGINT)
         self.assertEqual(proc.wait(timeout=TIMEOUT), 0)
         proc.stdout.close()
+
+
+class JsoncTest(unittest.TestCase):
+    def test_comments_and_trailing_commas_go_strings_stay(self):
+        table = [
+            ('{"a": 1}', '{"a": 1}'),
+            ('{"a": 1, // note\n"b": 2}', '{"a": 1, \n"b": 2}'),
+            ('{"a": /* x\ny */ 1}', '{"a": \n 1}'),
+            ('{"a": [1, 2,], "b": {"c": 3,},}', '{"a": [1, 2], "b": {"c": 3}}'),
+            ('{"a": [1, // last\n]}', '{"a": [1 \n]}'),
+            ('{"url": "http://x/y", "c": "/* not */", "d": ",}"}', '{"url": "http://x/y", "c": "/* not */", "d": ",}"}'),
+            ('{"q": "a\\"//b", "r": 1}', '{"q": "a\\"//b", "r": 1}'),
+            ('{"s": "\\\\"// c\n}', '{"s": "\\\\"\n}'),
+        ]
+        for text, expected in table:
+            with self.subTest(text=text):
+                self.assertEqual(gw.strip_jsonc(text), expected)
+                json.loads(gw.strip_jsonc(text))
+
+
+class ClientImportTest(unittest.TestCase):
+    def setUp(self):
+        folder = tempfile.mkdtemp(prefix="hmg-import-")
+        self.addCleanup(shutil.rmtree, folder, True)
+        self.bin = os.path.join(folder, "bin")
+        os.mkdir(self.bin)
+        self.tool = os.path.join(self.bin, "hmg-tool")
+        with open(self.tool, "w") as f:
+            f.write("#!/bin/sh\n")
+        os.chmod(self.tool, 0o755)
+
+    def test_url_safe_ids(self):
+        for name, expected in [("files", "files"), ("my server", "my-server"), ("a/b:c", "a-b-c"),
+                               ("Ünïcode", "n-code"), ("...", "server"), ("-x-", "x"), ("v1.2_ok", "v1.2_ok")]:
+            with self.subTest(name=name):
+                self.assertEqual(gw.url_safe_id(name), expected)
+                self.assertTrue(gw.SERVER_ID_RE.match(gw.url_safe_id(name)))
+
+    def test_each_client_format_names_its_servers(self):
+        entry = {"command": "x"}
+        for raw, found in [({"mcpServers": {"a": entry}}, {"a": entry}), ({"servers": {"b": entry}, "inputs": []},
+                           {"b": entry}), ({"mcp": {"servers": {"c": entry}}}, {"c": entry}),
+                           ({"servers": [entry]}, None), ([], None), ({"other": 1}, None)]:
+            with self.subTest(raw=raw):
+                self.assertEqual(gw.client_servers(raw), found)
+
+    def test_ids_collisions_remote_and_existing(self):
+        entries = {"my server": {"command": self.tool}, "my-server": {"command": self.tool},
+                   "health": {"command": self.tool}, "kept": {"command": self.tool},
+                   "web": {"url": "https://example.com/mcp"}, "sse": {"type": "sse", "command": "x"},
+                   "wind": {"serverUrl": "https://example.com/mcp"}, "none": {"args": []}, "bad": {"command": "x", "args": "y"},
+                   "odd": "not an object"}
+        servers, report, _ = gw.import_client_servers(entries, existing_ids={"kept"})
+        self.assertEqual([s["server_id"] for s in servers], ["my-server", "my-server-2", "health-2"])
+        self.assertEqual(report, [
+            "added my server as my-server (names in URLs are letters, digits, '.', '_', '-'): " + self.tool,
+            "added my-server as my-server-2 (my-server is taken by an earlier entry): " + self.tool,
+            "added health as health-2 (health is a path the gateway routes itself): " + self.tool,
+            "skipped kept: server_id kept is already in the config; kept as it is",
+            "skipped web: a remote server (https://example.com/mcp); point your client at it directly",
+            "skipped sse: a remote server (sse); point your client at it directly",
+            "skipped wind: a remote server (https://example.com/mcp); point your client at it directly",
+            "skipped none: has no command",
+            "skipped bad: args must be a list of strings",
+            "skipped odd: not an object"])
+
+    def test_commands_are_resolved_on_the_servers_path_else_this_one(self):
+        entries = {"own": {"command": "hmg-tool", "env": {"PATH": self.bin}, "cwd": "/tmp", "args": ["a"]},
+                   "shell": {"command": os.path.basename(sys.executable)},
+                   "lost": {"command": "no-such-command-hmg", "env": {"PATH": self.bin}, "disabled": False,
+                            "args": ["${HOME}"]}}
+        servers, _, warnings = gw.import_client_servers(entries, existing_ids=set())
+        own, shell, lost = servers
+        self.assertEqual(own, {"server_id": "own", "command": self.tool, "args": ["a"], "env": {"PATH": self.bin},
+                               "working_dir": "/tmp"})
+        self.assertEqual(shell["command"], shutil.which(os.path.basename(sys.executable)))
+        if os.path.dirname(shell["command"]) not in gw.LAUNCHD_PATH.split(":"):  # launchd needs its folder too
+            self.assertEqual(shell["env"], {"PATH": os.path.dirname(shell["command"]) + ":" + gw.LAUNCHD_PATH})
+        self.assertEqual(lost["command"], "no-such-command-hmg")
+        self.assertEqual(warnings, [
+            "lost: ignored: disabled",
+            "lost: uses ${...} variables, which the gateway passes on as they are: put in their values",
+            "lost: command 'no-such-command-hmg' not found on the server's env.PATH (%s); kept as it is: give its "
+            "absolute path" % self.bin])
+
+
+class ClientSnippetTest(unittest.TestCase):
+    def config(self, **overrides):
+        return gw.validate_config(base_config([fake_server("a"), fake_server("b")], **overrides))
+
+    def test_gateway_url(self):
+        for host, url in [("127.0.0.1", "http://127.0.0.1:7411"), ("0.0.0.0", "http://127.0.0.1:7411"),
+                          ("::", "http://127.0.0.1:7411"), ("::1", "http://[::1]:7411"),
+                          ("192.168.1.5", "http://192.168.1.5:7411"), ("localhost", "http://localhost:7411")]:
+            with self.subTest(host=host):
+                self.assertEqual(gw.gateway_url(self.config(bind_host=host, bind_port=7411)), url)
+
+    def test_each_clients_snippet_has_its_shape(self):
+        base, url = "http://127.0.0.1:7411", "http://127.0.0.1:7411/a/rpc"
+        bearer = {"Authorization": "Bearer T"}
+        self.assertEqual(gw.client_snippet("claude-code", ["a", "b"], base, "T").splitlines(), [
+            'claude mcp add --transport http a %s --header "Authorization: Bearer T"' % url,
+            'claude mcp add --transport http b %s/b/rpc --header "Authorization: Bearer T"' % base])
+        self.assertEqual(json.loads(gw.client_snippet("claude-desktop", ["a"], base, "T")), {"mcpServers": {"a": {
+            "command": "npx", "args": ["-y", "mcp-remote@" + gw.MCP_REMOTE_VERSION, url, "--header",
+                                       "Authorization:${AUTH}"], "env": {"AUTH": "Bearer T"}}}})
+        self.assertEqual(json.loads(gw.client_snippet("cursor", ["a"], base, "T")),
+                         {"mcpServers": {"a": {"url": url, "headers": bearer}}})
+        self.assertEqual(json.loads(gw.client_snippet("vscode", ["a"], base, "T")),
+                         {"servers": {"a": {"type": "http", "url": url, "headers": bearer}}})
+        self.assertEqual(json.loads(gw.client_snippet("windsurf", ["a"], base, "T")),
+                         {"mcpServers": {"a": {"serverUrl": url, "headers": bearer}}})
+        lan = json.loads(gw.client_snippet("claude-desktop", ["a"], "http://192.168.1.5:7411", "T"))
+        self.assertEqual(lan["mcpServers"]["a"]["args"][-1], "--allow-http")  # mcp-remote wants it off loopback
+
+    def test_status_url_carries_the_token_in_its_fragment(self):
+        for token, url in [(None, "http://h:1/"), ("abc123", "http://h:1/#token=abc123"),
+                           ("a%b#c d/e", "http://h:1/#token=a%25b%23c%20d%2Fe")]:
+            with self.subTest(token=token):
+                self.assertEqual(gw.status_url("http://h:1", token), url)
+
+    def test_shell_lines_quote_the_token_but_not_the_placeholder(self):
+        line = gw.client_snippet("claude-code", ["a"], "http://h:1", 'x"$`\\y')
+        self.assertTrue(line.endswith(r'--header "Authorization: Bearer x\"\$\`\\y"'), line)
+        line = gw.client_snippet("claude-code", ["a"], "http://h:1", gw.TOKEN_PLACEHOLDER)
+        self.assertTrue(line.endswith('--header "Authorization: Bearer ${HOST_MCP_GATEWAY_TOKEN}"'), line)
+
+
+class ClientCliTest(unittest.TestCase):
+    """--import, --client-config and --status-url, run as a user would on files in a temporary folder."""
+
+    def setUp(self):
+        self.folder = tempfile.mkdtemp(prefix="hmg-clients-")
+        self.addCleanup(shutil.rmtree, self.folder, True)
+        self.config_path = os.path.join(self.folder, "gateway", "config.json")
+        self.env = dict(os.environ, HOME=self.folder)
+
+    def write(self, name, text):
+        path = os.path.join(self.folder, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text if isinstance(text, str) else json.dumps(text))
+        return path
+
+    def imported(self, *files):
+        result = run_cli("-config", self.config_path, "--import", *files, env=self.env)
+        with open(self.config_path) as f:
+            return result, json.load(f)
+
+    def test_each_client_format_is_imported_into_a_config_that_passes_check(self):
+        python = os.path.basename(sys.executable)
+        stdio = {"command": sys.executable, "args": [FAKE_SERVER]}
+        fixtures = {
+            "claude_desktop_config.json": {"mcpServers": {"desktop": stdio, "remote": {"url": "https://x/mcp"}},
+                                           "globalShortcut": ""},
+            ".mcp.json": {"mcpServers": {"code": dict(stdio, type="stdio", env={}),
+                                         "code-http": {"type": "http", "url": "https://x/mcp"}}},
+            ".cursor/mcp.json": {"mcpServers": {"cursor": dict(stdio, command=python)}},
+            ".vscode/mcp.json": ('{\n  // VS Code allows comments\n  "inputs": [{"type": "promptString", "id": "k"}],\n'
+                                 '  "servers": {\n    "vs code": {"type": "stdio", "command": %s, "args": [%s],'
+                                 ' "cwd": %s,},\n    "vs-http": {"type": "http", "url": "https://x/mcp"} /* remote */\n'
+                                 '  },\n}\n' % (json.dumps(sys.executable), json.dumps(FAKE_SERVER),
+                                                json.dumps(self.folder))),
+        }
+        added = {"claude_desktop_config.json": ("desktop", "skipped remote"), ".mcp.json": ("code", "skipped code-http"),
+                 ".cursor/mcp.json": ("cursor", "added cursor"), ".vscode/mcp.json": ("vs-code", "skipped vs-http")}
+        for name, text in fixtures.items():
+            with self.subTest(client_config=name):
+                result, config = self.imported(self.write(name, text))
+                self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+                self.assertIn("OK, %d server(s)" % len(config["servers"]), result.stdout)
+                self.assertEqual(config["servers"][-1]["server_id"], added[name][0])
+                self.assertIn(added[name][1], result.stdout)
+                self.assertEqual(stat.S_IMODE(os.stat(self.config_path).st_mode), 0o600)
+                self.assertEqual([f for f in os.listdir(os.path.dirname(self.config_path))], ["config.json"])
+        servers = {s["server_id"]: s for s in config["servers"]}
+        self.assertEqual(list(servers), [gw.EXAMPLE_SERVER_ID, "desktop", "code", "cursor", "vs-code"])
+        self.assertEqual(servers["cursor"]["command"], shutil.which(python))  # resolved now, not under launchd
+        self.assertEqual(servers["vs-code"]["working_dir"], self.folder)
+        gw.validate_config(config)
+
+    def test_existing_servers_are_kept_and_a_bad_config_is_not_touched(self):
+        with open(self.write("gateway/config.json", base_config([fake_server("files")], log_level="warning"))) as f:
+            before = f.read()
+        client = self.write("c.json", {"mcpServers": {"files": {"command": "/bin/sh"}, "new": {"command": "sh"}}})
+        result, config = self.imported(client)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("skipped files: server_id files is already in the config; kept as it is", result.stdout)
+        self.assertEqual(config["servers"][0], json.loads(before)["servers"][0])
+        self.assertEqual(config["log_level"], "warning")
+        self.assertEqual([s["server_id"] for s in config["servers"]], ["files", "new"])
+        again, _ = self.imported(client)
+        self.assertEqual(again.returncode, 0, again.stderr)
+        self.assertIn("nothing added", again.stdout)
+        self.write("gateway/config.json", {"servers": []})
+        broken = run_cli("-config", self.config_path, "--import", client, env=self.env)
+        self.assertEqual(broken.returncode, 2)
+        self.assertIn("config error:", broken.stderr)
+        with open(self.config_path) as f:
+            self.assertEqual(json.load(f), {"servers": []})
+
+    def test_import_needs_a_client_config(self):
+        for args, complaint in [([], "--import: give the client config to read"),
+                                ([self.write("x.json", {"other": {}})], "no mcpServers or servers object"),
+                                ([self.write("y.json", '{"mcpServers": {,}')], "invalid JSON at line 1")]:
+            with self.subTest(args=args):
+                result = run_cli("-config", self.config_path, "--import", *args, env=self.env)
+                self.assertEqual(result.returncode, 2)
+                self.assertIn(complaint, result.stderr)
+        self.assertFalse(os.path.exists(self.config_path))
+
+    def test_a_macs_usual_places(self):
+        self.assertEqual(gw.usual_client_configs("/Users/me"), [
+            "/Users/me/Library/Application Support/Claude/claude_desktop_config.json", "/Users/me/.cursor/mcp.json",
+            "/Users/me/.claude.json"])
+
+    def test_client_config_prints_the_token_only_on_a_terminal_or_when_asked(self):
+        self.write("gateway/config.json", base_config([fake_server("a"), fake_server("b")], bind_port=7499))
+        os.chmod(self.config_path, 0o600)
+        hidden = run_cli("-config", self.config_path, "--client-config", "cursor")
+        self.assertEqual(hidden.returncode, 0, hidden.stderr)
+        self.assertNotIn(TOKEN, hidden.stdout)
+        self.assertIn("--show-token", hidden.stderr)
+        self.assertEqual(json.loads(hidden.stdout)["mcpServers"]["b"], {
+            "url": "http://127.0.0.1:7499/b/rpc", "headers": {"Authorization": "Bearer " + gw.TOKEN_PLACEHOLDER}})
+        shown = run_cli("-config", self.config_path, "--client-config", "claude-code", "a", "--show-token")
+        self.assertEqual(shown.stdout.splitlines(), ['claude mcp add --transport http a http://127.0.0.1:7499/a/rpc '
+                                                     '--header "Authorization: Bearer %s"' % TOKEN])
+        self.assertEqual(run_cli("-config", self.config_path, "--status-url").stdout, "http://127.0.0.1:7499/\n")
+        self.assertNotIn("bind_port is 0", hidden.stderr)
+        self.assertEqual(run_cli("-config", self.config_path, "--status-url", "--show-token").stdout,
+                         "http://127.0.0.1:7499/#token=%s\n" % TOKEN)
+        self.assertIn(TOKEN, self.on_terminal("-config", self.config_path, "--client-config", "vscode"))
+        for args, complaint in [(["nope"], "unknown client 'nope'; choose one of: claude-code, claude-desktop"),
+                                (["vscode", "c"], "no server with server_id 'c' in %s; configured: a, b"
+                                 % self.config_path),
+                                (["vscode", "a", "b"], "takes CLIENT and at most one SERVER_ID")]:
+            with self.subTest(args=args):
+                result = run_cli("-config", self.config_path, "--client-config", *args)
+                self.assertEqual(result.returncode, 2)
+                self.assertIn(complaint, result.stderr)
+        self.write("gateway/config.json", base_config([fake_server("a")]))
+        self.assertIn("bind_port is 0", run_cli("-config", self.config_path, "--status-url").stderr)
+
+    def on_terminal(self, *args):
+        """What the CLI prints when its stdout is a terminal (a pseudo-terminal here)."""
+        master, slave = pty.openpty()
+        proc = subprocess.Popen([sys.executable, GATEWAY] + list(args), stdout=slave, stderr=subprocess.DEVNULL,
+                                stdin=subprocess.DEVNULL)
+        os.close(slave)
+        chunks = []
+        with os.fdopen(master, "rb", buffering=0) as terminal:
+            while True:
+                wait_readable(terminal)
+                try:
+                    chunk = terminal.read(65536)
+                except OSError:  # Linux: EIO once the child closed its side
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        proc.wait(timeout=TIMEOUT)
+        return b"".join(chunks).decode()
 
 
 class SamplesTest(unittest.TestCase):
@@ -952,7 +1227,7 @@ class HttpFrontTest(unittest.TestCase):
         cls.addClassCleanup(function, *args)
 
     def test_every_path_and_method_needs_the_token(self):
-        for path in ("/health", "/servers", "/metrics", "/rpc", "/fake/rpc", "/nope/rpc", "/", "/anything"):
+        for path in ("/health", "/servers", "/metrics", "/rpc", "/fake/rpc", "/nope/rpc", "/anything", "//"):
             for method in ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "TRACE", "PROPFIND"):
                 for token in (None, "wrong-token"):
                     with self.subTest(path=path, method=method, token=token):
@@ -961,6 +1236,44 @@ class HttpFrontTest(unittest.TestCase):
                         self.assertEqual(response.getheader("WWW-Authenticate"), 'Bearer realm="host-mcp-gateway"')
                         if method != "HEAD":
                             self.assertEqual(body["error"]["error_code"], "unauthorized")
+
+    def test_status_page_needs_no_token_and_holds_no_data(self):
+        status, response, body = self.gateway.request("GET", "/", token=None)
+        self.assertEqual(status, 200)
+        self.assertEqual(response.getheader("Content-Type"), "text/html; charset=utf-8")
+        page = body.decode("utf-8")
+        for secret in ("fake", TOKEN, FAKE_SERVER, str(self.gateway.port)):
+            self.assertNotIn(secret, page)
+        script = page.split("<script>", 1)[1].split("</script>", 1)[0]
+        style = page.split("<style>", 1)[1].split("</style>", 1)[0]
+        self.assertEqual(response.getheader("Content-Security-Policy"),
+                         "default-src 'none'; script-src %s; style-src %s; connect-src 'self'; img-src data:; "
+                         "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+                         % (gw._csp_hash(script), gw._csp_hash(style)))
+        for header, value in [("X-Frame-Options", "DENY"), ("Referrer-Policy", "no-referrer"),
+                              ("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff")]:
+            self.assertEqual(response.getheader(header), value)
+        for fetched in ('get("/servers")', 'get("/health")', '"Authorization": "Bearer " + token',
+                        "sessionStorage", "#token=", "mcp-remote@", '"Authorization:${AUTH}"'):
+            self.assertIn(fetched, script)
+        self.assertEqual(script.count(".innerHTML"), 0)  # data goes in as text only
+        for client in gw.CLIENT_SNIPPETS:  # the page offers every client --client-config knows
+            self.assertIn("<option>%s</option>" % client, page)
+        self.assertIn('MCP_REMOTE_VERSION = "%s"' % gw.MCP_REMOTE_VERSION, script)
+        status, head_response, head_body = self.gateway.request("HEAD", "/", token=None)
+        self.assertEqual((status, head_body), (200, None))
+        self.assertEqual(head_response.getheader("Content-Length"), str(len(body)))
+        self.assertEqual(head_response.getheader("Content-Security-Policy"), response.getheader("Content-Security-Policy"))
+        for method in ("POST", "PUT", "DELETE"):
+            with self.subTest(method=method):
+                status, response, body = self.gateway.request(method, "/", token=None)
+                self.assertEqual((status, body["error"]["error_code"]), (405, "method_not_allowed"))
+                self.assertEqual(response.getheader("Allow"), "GET, HEAD")
+        status, _, body = self.gateway.request("GET", "/", token=None, headers={"Origin": "http://evil.example"})
+        self.assertEqual((status, body["error"]["error_code"]), (403, "forbidden_origin"))
+        own = "http://127.0.0.1:%d" % self.gateway.port
+        status, _, _ = self.gateway.request("GET", "/", token=None, headers={"Origin": own})
+        self.assertEqual(status, 200)
 
     def test_the_token_never_reaches_the_log(self):
         self.gateway.request("GET", "/health", token="wrong-" + TOKEN)
@@ -1505,10 +1818,10 @@ class ChildLifecycleTest(unittest.TestCase):
         status_sleeper, reply_sleeper = sleeper.result(TIMEOUT)
         self.assertLess(time.monotonic() - started, 5)
         self.assertEqual((status, status_sleeper), (502, 200))  # the sleeper went in a batch: its error is inside
-        for reply, request_id in ((reply, 6), (reply_sleeper, 5)):
-            self.assertEqual((reply["id"], reply["error"]["data"]["error_code"]), (request_id, "server_exited"))
-            self.assertIn("exited with code 7", reply["error"]["message"])
-            self.assertIn("boom: disk on fire", reply["error"]["message"])
+        for answer, request_id in ((reply, 6), (reply_sleeper, 5)):
+            self.assertEqual((answer["id"], answer["error"]["data"]["error_code"]), (request_id, "server_exited"))
+            self.assertIn("exited with code 7", answer["error"]["message"])
+            self.assertIn("boom: disk on fire", answer["error"]["message"])
         second_pid = wait_for(lambda: gateway.call("fake", tool_call("pid"))[1].get("result"),
                               what="the restarted child")["structuredContent"]["pid"]
         self.assertNotEqual(first_pid, second_pid)
@@ -2937,8 +3250,8 @@ class TelemetryExportTest(unittest.TestCase):
             gateway.tool("add", request_id=n, a=n, b=1)
 
         def histogram_count(request):
-            for resource in request[2].get("resourceMetrics", []):
-                for scope in resource["scopeMetrics"]:
+            for resource_metrics in request[2].get("resourceMetrics", []):
+                for scope in resource_metrics["scopeMetrics"]:
                     for metric in scope["metrics"]:
                         if metric["name"] == "mcp.client.operation.duration":
                             return sum(int(p["count"]) for p in metric["histogram"]["dataPoints"]

@@ -13,8 +13,8 @@ servers, and points a real client at http://127.0.0.1:PORT/SERVER_ID/rpc with `A
   client may read; configured roots replace its command-line folders;
 - session lifetime: a DELETEd session answers 404, a killed child is restarted under a live session;
 - the official conformance suite (@modelcontextprotocol/conformance): every scenario of its active suite;
-- the MCP Inspector CLI, and Claude Code's `claude mcp list`, also run again and again against per-session
-  children at max_children (its sessions, never closed, give way).
+- the MCP Inspector CLI, and Claude Code's `claude mcp list` after the `claude mcp add` line of `--client-config`,
+  also run again and again against per-session children at max_children (its sessions, never closed, give way).
 
 Run by .ci/run with its cached interop environment:
     HMG_INTEROP_VENV=... HMG_INTEROP_NPM=... HMG_CONFORMANCE_DIR=... \\
@@ -31,6 +31,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -117,7 +118,7 @@ class Gateway:
         testcase.addCleanup(shutil.rmtree, folder, True)
         config = dict({"bind_host": "127.0.0.1", "bind_port": 0, "auth_token": self.token,
                        "allowed_clients": ["localhost"], "servers": servers}, **settings)
-        config_path = os.path.join(folder, "config.json")
+        self.config_path = config_path = os.path.join(folder, "config.json")
         with open(config_path, "w") as f:
             json.dump(config, f)
         os.chmod(config_path, 0o600)
@@ -209,14 +210,14 @@ class Gateway:
             self.proc.kill()
             self.proc.wait(timeout=STOP_TIMEOUT)
             raise AssertionError("the gateway did not exit within %.0f s of SIGTERM; log:\n%s" % (
-                STOP_TIMEOUT, self.log_tail()))
+                STOP_TIMEOUT, self.log_tail())) from None
         finally:
             self._reader.join(timeout=TIMEOUT)
             self.proc.stderr.close()
         if code != 0:
             raise AssertionError("the gateway exited with %s after SIGTERM; log:\n%s" % (code, self.log_tail()))
         for pid in pids:
-            wait_for(lambda: not live_group_members(pid), "the processes of child %d to end" % pid, TIMEOUT)
+            wait_for(lambda pid=pid: not live_group_members(pid), "the processes of child %d to end" % pid, TIMEOUT)
 
 
 # Servers the gateway fronts (config entries) -------------------------------------------------------------------
@@ -699,7 +700,7 @@ class ConformanceSuiteTest(unittest.TestCase):
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             self.addCleanup(self.stop_proxy, proxy)
 
-            def accepting():
+            def accepting(proxy=proxy, port=port):
                 if proxy.poll() is not None:
                     return "exited"
                 with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
@@ -787,10 +788,27 @@ class NodeClientsTest(unittest.TestCase):
         self.assertIn("echo", [tool["name"] for tool in json.loads(run.stdout)["tools"]])
 
     def test_claude_code_connects(self):
-        claude, connected = claude_code(self, self.gateway, "everything")
-        listed = claude("mcp", "list")
+        home = tempfile.mkdtemp(prefix="hmg-claude-home-")
+        self.addCleanup(shutil.rmtree, home, True)
+        env = dict(os.environ, HOME=home, DISABLE_AUTOUPDATER="1", CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1")
+        env.pop("CLAUDE_CONFIG_DIR", None)  # its config must live in the temporary HOME
+        claude = os.path.join(NPM, "node_modules", ".bin", "claude")
+        # the line --client-config prints, as a user would paste it, from the config with the port it got
+        with open(self.gateway.config_path) as f:
+            config = dict(json.load(f), bind_port=self.gateway.port)
+        config_path = os.path.join(home, "config.json")
+        with open(config_path, "w") as f:
+            json.dump(config, f)
+        printed = run_client(self, [sys.executable, GATEWAY, "-config", config_path, "--client-config", "claude-code",
+                                    "everything", "--show-token"], cwd=home)
+        self.assertEqual(printed.returncode, 0, printed.stderr)
+        line = shlex.split(printed.stdout)
+        self.assertEqual(line[:3], ["claude", "mcp", "add"])
+        added = run_client(self, [claude] + line[1:], cwd=home, env=env)
+        self.assertEqual(added.returncode, 0, added.stdout + added.stderr)
+        listed = run_client(self, [claude, "mcp", "list"], cwd=home, env=env)
         self.assertEqual(listed.returncode, 0, listed.stdout + listed.stderr)
-        self.assertIn(connected, listed.stdout, listed.stderr)
+        self.assertIn("everything: %s (HTTP) - ✔ Connected" % self.url, listed.stdout, listed.stderr)
 
 
 @needs_npm
