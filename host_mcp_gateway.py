@@ -4479,7 +4479,8 @@ def tls_context(config):
         context.load_cert_chain(cert, key)
     except ssl.SSLError as e:
         if e.reason == "KEY_VALUES_MISMATCH":
-            raise ConfigError(["tls_key_file: %s is not the private key of the certificate in %s" % (key, cert)])
+            raise ConfigError(["tls_key_file: %s is not the private key of the certificate in %s" % (key, cert)
+                               ]) from None
         raise ConfigError(["tls_cert_file, tls_key_file: cannot load %s and %s as PEM: %s" % (
             cert, key, e.reason or e)]) from None
     except OSError as e:

@@ -1442,7 +1442,7 @@ class TokenSourceTest(unittest.TestCase):
         sessions = gateway.servers()["fake"]["sessions"]
         self.assertEqual([s["token_name"] for s in sessions], ["laptop"])
         for name in ("laptop", "phone"):
-            gateway.wait_log(lambda r: r.get("event") == "http_request" and r.get("token_name") == name)
+            gateway.wait_log(lambda r, name=name: r.get("event") == "http_request" and r.get("token_name") == name)
         self.assertFalse([r for r in gateway.logs if TOKEN in json.dumps(r) or PHONE_TOKEN in json.dumps(r)])
         pool = ThreadPoolExecutor(1)
         self.addCleanup(pool.shutdown)
@@ -1616,7 +1616,9 @@ class OrphanTest(unittest.TestCase):
                  (None, True, "end"), (None, False, "gone")]
         for started, group, fate in cases:
             with self.subTest(started=started, group=group):
-                self.assertEqual(gw.recorded_child_fate(entry, lambda pid: started, lambda pgid: group), fate)
+                fate_now = gw.recorded_child_fate(entry, lambda pid, started=started: started,
+                                                  lambda pgid, group=group: group)
+                self.assertEqual(fate_now, fate)
 
     def test_state_folder(self):
         cases = [({gw.STATE_DIR_ENV: "/s"}, "darwin", "/s"),
@@ -3008,11 +3010,11 @@ class TelemetryUnitTest(unittest.TestCase):
             ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://h:4318", "OTEL_EXPORTER_OTLP_TIMEOUT": "never"},
              {"traces": "http://h:4318/v1/traces", "metrics": "http://h:4318/v1/metrics"}, 1),
         ]
-        for environ, endpoints, warnings in cases:
+        for environ, endpoints, warning_count in cases:
             with self.subTest(environ=environ):
                 settings = gw.TelemetrySettings(environ)
                 self.assertEqual(settings.endpoints, endpoints)
-                self.assertEqual(len(settings.warnings), warnings, settings.warnings)
+                self.assertEqual(len(settings.warnings), warning_count, settings.warnings)
         grpc = gw.TelemetrySettings({"OTEL_EXPORTER_OTLP_ENDPOINT": "localhost:4317"}).warnings[0]
         self.assertIn("OTLP/HTTP with JSON bodies (usually port 4318)", grpc)
         self.assertIn("OTEL_EXPORTER_OTLP_ENDPOINT=http://HOST:4318", grpc)
