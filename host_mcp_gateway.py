@@ -1076,7 +1076,8 @@ def request_meta(message):
 
 def _modern_error(code, message, data=None, http_status=400):
     error_code = {MCP_HEADER_MISMATCH: "header_mismatch", MCP_UNSUPPORTED_PROTOCOL_VERSION:
-                  "unsupported_protocol_version", JSONRPC_METHOD_NOT_FOUND: "method_not_found"}.get(code, "invalid_params")
+                  "unsupported_protocol_version", JSONRPC_METHOD_NOT_FOUND: "method_not_found",
+                  MCP_MISSING_CLIENT_CAPABILITY: "missing_client_capability"}.get(code, "invalid_params")
     return GatewayError(message, http_status, error_code, code, rpc_data=data)
 
 
