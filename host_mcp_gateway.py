@@ -1080,7 +1080,8 @@ def request_meta(message):
 
 def _modern_error(code, message, data=None, http_status=400):
     error_code = {MCP_HEADER_MISMATCH: "header_mismatch", MCP_UNSUPPORTED_PROTOCOL_VERSION:
-                  "unsupported_protocol_version", JSONRPC_METHOD_NOT_FOUND: "method_not_found"}.get(code, "invalid_params")
+                  "unsupported_protocol_version", JSONRPC_METHOD_NOT_FOUND: "method_not_found",
+                  MCP_MISSING_CLIENT_CAPABILITY: "missing_client_capability"}.get(code, "invalid_params")
     return GatewayError(message, http_status, error_code, code, rpc_data=data)
 
 
@@ -3135,10 +3136,11 @@ class InputBridge:
     relay ids, on the call's stream or the session's), collects the answers, and sends the child its request
     again with them and its requestState, until the child completes it."""
 
-    def __init__(self, router, message, session):
+    def __init__(self, router, message, session, fixed_roots=None):
         self._router = router
         self._message = message  # as the child got it (with the modern envelope)
         self._session = session
+        self._fixed_roots = fixed_roots  # the server's `roots` list, which the gateway answers roots/list with
         self._answers = queue.SimpleQueue()  # (input key, the client's response), from the relay
         self._waiting = set()  # input keys the client has yet to answer
         self._responses = {}  # input key -> the client's result, for the retry
@@ -3158,6 +3160,9 @@ class InputBridge:
         self._state, self._responses = result.get("requestState"), {}
         interims = []
         for key, request in requests.items():
+            if self._fixed_roots is not None and isinstance(request, dict) and request.get("method") == "roots/list":
+                self._responses[key] = {"roots": self._fixed_roots}
+                continue
             relay_id = self._router.hold_request(self._session, key, request, self._answers)
             self._waiting.add(key)
             interims.append(Interim({"jsonrpc": "2.0", "id": relay_id, "method": request["method"],
@@ -3240,7 +3245,7 @@ class Ticket:
                 return legacy_answer(answer)
             if requests:
                 self._outbox.extend(requests)
-            else:  # a requestState alone: the child asks to be called again at once
+            else:  # nothing for the client (a requestState alone, or roots the gateway gave): again at once
                 self.gateway_id, self.call = self.child.begin_call(self.bridge.retry(), self.call.session)
 
     def wait(self, deadline):
@@ -3430,10 +3435,12 @@ class Router:
                 child = runtime.ready_child(deadline)
                 outgoing = message
                 if runtime.era == MODERN and not isinstance(session, ModernCaller):
-                    outgoing = modern_envelope(message, session.capabilities if session else {},
-                                               session.client_info if session else None,
+                    capabilities = dict(session.capabilities) if session else {}
+                    if runtime.spec.fixed_roots is not None:
+                        capabilities["roots"] = {}  # the gateway answers them (InputBridge)
+                    outgoing = modern_envelope(message, capabilities, session.client_info if session else None,
                                                session.log_level if session else None)
-                    bridge = InputBridge(self, outgoing, session)
+                    bridge = InputBridge(self, outgoing, session, runtime.spec.fixed_roots)
                 gateway_id, call = child.begin_call(outgoing, session)
             except GatewayError as e:
                 if e.error_code == "server_exited":

@@ -2840,7 +2840,8 @@ class ModernChildTest(unittest.TestCase):
         cls.gateway = GatewayProcess(cls, base_config([
             fake_server("dual", "--era", "dual"), fake_server("modern", "--era", "modern"),
             fake_server("held", "--era", "dual", child_protocol="legacy"),
-            fake_server("insists", child_protocol="modern", restart_policy="never")], sse_keepalive_ms=200))
+            fake_server("insists", child_protocol="modern", restart_policy="never"),
+            fake_server("rooted", "--era", "modern", roots=["/srv"])], sse_keepalive_ms=200))
 
     @classmethod
     def addCleanup(cls, function, *args):
@@ -2887,6 +2888,12 @@ class ModernChildTest(unittest.TestCase):
         without = McpClient(self.gateway, "dual")
         status, _, messages = without.post(tool_call("ask", 5, method="elicitation/create"))
         self.assertEqual((status, messages[0]["error"]["code"]), (400, -32021))
+        rooted = McpClient(self.gateway, "rooted")  # declares no roots: the server's own list is the answer
+        status, _, messages = rooted.post(tool_call("ask", 6, method="roots/list"))
+        self.assertEqual((status, len(messages)), (200, 1))
+        self.assertEqual(messages[0]["result"]["structuredContent"]["response"]["result"],
+                         {"roots": [{"uri": "file:///srv", "name": "srv"}]})
+        self.assertEqual(self.child_meta(rooted)["io.modelcontextprotocol/clientCapabilities"], {"roots": {}})
 
     def test_session_streams_and_subscriptions_are_fed_by_one_listen(self):
         client, other = McpClient(self.gateway, "modern"), McpClient(self.gateway, "modern")
