@@ -977,6 +977,43 @@ def check_host(config):
     return errors, notes
 
 
+def config_tables_markdown():
+    """docs/configuration.md's two key tables (Key | Default | Value | Meaning), made from CONFIG_FIELDS and
+    SERVER_FIELDS: Default from the field's default, Meaning from its doc, Value from what its check says of a
+    value it refuses (its "must be ..." message), or from `values` below for a key whose check does not say it
+    all (no check, or one that names only the first rule it tests). A test keeps the doc equal to this."""
+    reserved = ", ".join("`%s`" % name for name in sorted(RESERVED_SERVER_IDS))
+    values = {  # key -> Value, where the check's message cannot give it
+        "auth_token": "a string of printable ASCII, at least 32 characters, no leading or trailing space, not "
+                      "containing `replace-me`",
+        "auth_token_file": "a path (`~` expanded); the file holds one token, as `auth_token`",
+        "auth_tokens": 'a non-empty list of `{"name": ..., "token": ...}`: names of 1 to 64 letters, digits, `.`, '
+                       "`_`, `-`, unique; tokens as `auth_token`, unique",
+        "tls_cert_file": "a path, as `auth_token_file`; with `tls_key_file`",
+        "tls_key_file": "a path, as `auth_token_file`; with `tls_cert_file`",
+        "allowed_clients": "a non-empty list of IP addresses, CIDRs or `localhost`",
+        "allowed_origins": "a list of origins: `http://` or `https://`, a host, an optional `:port`, no path",
+        "servers": "non-empty list of server objects",
+        "server_id": "letters, digits, `.`, `_`, `-`; unique; not one of %s (any case)" % reserved,
+        "autostart": "true or false; must be false with isolation `session`",
+    }
+
+    def cell(text):
+        return text.replace("|", "\\|")
+
+    def table(fields):
+        rows = ["| Key | Default | Value | Meaning |", "|---|---|---|---|"]
+        for key, field in fields.items():
+            default = ("required" if field.default is Field.REQUIRED else "unset" if field.default is None
+                       else "`%s`" % json.dumps(field.default))
+            value = values.get(key) or field.check(object())[len("must be "):]
+            rows.append("| `%s` | %s | %s | %s |" % (key, default, cell(value), cell(field.doc)))
+        return "\n".join(rows)
+
+    return "Top-level keys:\n\n%s\n\nKeys of each object in `servers`:\n\n%s\n" % (
+        table(CONFIG_FIELDS), table(SERVER_FIELDS))
+
+
 # § 5 JSON-RPC core (no I/O) ------------------------------------------------------------------------------------------
 
 REQUEST, NOTIFICATION, RESPONSE, INVALID = "request", "notification", "response", "invalid"
