@@ -2606,6 +2606,7 @@ class ServerRuntime:
         self.header_params = None  # tool name -> its x-mcp-header declarations; None until listed (Router)
         self.era = None  # MODERN or LEGACY: how the current child is spoken to (child_protocol, its probe)
         self.listen_feed = None  # gateway id of the subscriptions/listen that feeds sessions of a modern child
+        self.feed_generation = 0  # counts refreshes of listen_feed (both guarded by the Router's lock)
         self._silent_on_probe = False  # a child said nothing to server/discover: its restarts skip the probe
         self.restart_count = 0
         self.last_exit = None
@@ -3843,16 +3844,23 @@ class Router:
         wanted = {field: True for field, kind in LISTEN_FIELDS if (capabilities.get(kind) or {}).get("listChanged")}
         with self._lock:
             uris = sorted(uri for (owner, uri) in self._subscribers if owner is runtime)
+            runtime.feed_generation += 1  # refreshes may race (a subscribe, a restart): the last one wins
+            generation, previous, runtime.listen_feed = runtime.feed_generation, runtime.listen_feed, None
         if uris:
             wanted["resourceSubscriptions"] = uris
-        previous, runtime.listen_feed = runtime.listen_feed, None
         if previous is not None:
             child.cancel_call(previous, "opened again for other resources")
-        if wanted:
-            runtime.listen_feed, _ = child.begin_call(modern_envelope(
-                {"jsonrpc": "2.0", "id": "gateway-listen", "method": "subscriptions/listen",
-                 "params": {"notifications": wanted}}, child_handshake_params(runtime.spec)["capabilities"],
-                GATEWAY_CLIENT_INFO))
+        if not wanted:
+            return
+        feed, _ = child.begin_call(modern_envelope(
+            {"jsonrpc": "2.0", "id": "gateway-listen", "method": "subscriptions/listen",
+             "params": {"notifications": wanted}}, child_handshake_params(runtime.spec)["capabilities"],
+            GATEWAY_CLIENT_INFO))
+        with self._lock:
+            if runtime.feed_generation == generation:
+                runtime.listen_feed, feed = feed, None
+        if feed is not None:
+            child.cancel_call(feed, "a later one replaced it")
 
     def _take_relay_of(self, child, child_id):
         """(client-facing id, RelayedRequest) of a child's request, forgotten; (None, None) if unknown."""
@@ -3955,7 +3963,8 @@ class Router:
         """After a restart, sessions carry on: subscriptions are renewed and clients are told to refresh the
         lists the child declared as changeable."""
         runtime.header_params = None
-        runtime.listen_feed = None
+        with self._lock:
+            runtime.listen_feed = None  # the old child's, if any, went with it
         self.refresh_listen_feed(runtime)
         if not restarted:
             return
