@@ -1391,6 +1391,32 @@ def modern_envelope(message, capabilities, client_info=None, log_level=None):
     return dict(message, params=dict(params, _meta=meta))
 
 
+ENVELOPE_KEYS = (META_PROTOCOL_VERSION, META_CLIENT_INFO, META_CLIENT_CAPABILITIES, META_LOG_LEVEL)
+
+
+def without_envelope(message):
+    """A modern request as a handshake-era child takes it: its _meta without the per-request envelope, which
+    some such servers refuse on a handshake connection (the Python SDK's, for one)."""
+    params = message.get("params") if isinstance(message.get("params"), dict) else None
+    meta = params.get("_meta") if params is not None and isinstance(params.get("_meta"), dict) else None
+    if meta is None:
+        return message
+    kept = {key: value for key, value in meta.items() if key not in ENVELOPE_KEYS}
+    params = dict(params, _meta=kept) if kept else {key: value for key, value in params.items() if key != "_meta"}
+    return dict(message, params=params)
+
+
+def input_request(message):
+    """A handshake-era child's request as one entry of an input_required result: its method and params, less
+    the progress token it gave its own request (MRTR has no progress for it)."""
+    params = message.get("params") if isinstance(message.get("params"), dict) else {}
+    meta = params.get("_meta") if isinstance(params.get("_meta"), dict) else None
+    if meta is not None and "progressToken" in meta:
+        kept = {key: value for key, value in meta.items() if key != "progressToken"}
+        params = dict(params, _meta=kept) if kept else {key: value for key, value in params.items() if key != "_meta"}
+    return {"method": message["method"], "params": params}
+
+
 def handshake_result_from(discovered):
     """What a handshake-era client's initialize is answered with from a modern child: its discover result in
     the shape of an initialize result."""
@@ -2647,6 +2673,7 @@ class ServerRuntime:
         self.header_params = None  # tool name -> its x-mcp-header declarations; None until listed (Router)
         self.era = None  # MODERN or LEGACY: how the current child is spoken to (child_protocol, its probe)
         self.listen_feed = None  # gateway id of the subscriptions/listen that feeds sessions of a modern child
+        self.feed_generation = 0  # counts refreshes of listen_feed (both guarded by the Router's lock)
         self._silent_on_probe = False  # a child said nothing to server/discover: its restarts skip the probe
         self.restart_count = 0
         self.last_exit = None
@@ -3595,8 +3622,10 @@ class Router:
         if parked is None:
             raise _modern_error(JSONRPC_INVALID_PARAMS, "requestState refused: the call it names has ended or "
                                 "was already resumed")
-        parked.ticket.call.caller_id = message["id"]  # before any answer can come for it
-        parked.ticket.call.session = caller
+        call = parked.ticket.call
+        call.caller_id = message["id"]  # before any answer can come for it
+        call.session = caller
+        call.progress_token = (request_meta(message) or {}).get("progressToken")  # the retry's own, if any
         responses = params.get("inputResponses") if isinstance(params.get("inputResponses"), dict) else {}
         missing = {}
         for key, request in parked.requests.items():
@@ -3843,7 +3872,7 @@ class Router:
         params = message.get("params") if isinstance(message.get("params"), dict) else {}
         if method == "notifications/progress":  # to the call whose token (the gateway id) it names
             call = child.call_by_id(params.get("progressToken"))
-            if call is not None:
+            if call is not None and call.progress_token is not None:  # a retry (MRTR) may have asked for none
                 call.answers.put(Interim(dict(message, params=dict(params, progressToken=call.progress_token))))
             return
         if method == "notifications/cancelled":  # the child gave up a request it made to a client
@@ -3884,16 +3913,23 @@ class Router:
         wanted = {field: True for field, kind in LISTEN_FIELDS if (capabilities.get(kind) or {}).get("listChanged")}
         with self._lock:
             uris = sorted(uri for (owner, uri) in self._subscribers if owner is runtime)
+            runtime.feed_generation += 1  # refreshes may race (a subscribe, a restart): the last one wins
+            generation, previous, runtime.listen_feed = runtime.feed_generation, runtime.listen_feed, None
         if uris:
             wanted["resourceSubscriptions"] = uris
-        previous, runtime.listen_feed = runtime.listen_feed, None
         if previous is not None:
             child.cancel_call(previous, "opened again for other resources")
-        if wanted:
-            runtime.listen_feed, _ = child.begin_call(modern_envelope(
-                {"jsonrpc": "2.0", "id": "gateway-listen", "method": "subscriptions/listen",
-                 "params": {"notifications": wanted}}, child_handshake_params(runtime.spec)["capabilities"],
-                GATEWAY_CLIENT_INFO))
+        if not wanted:
+            return
+        feed, _ = child.begin_call(modern_envelope(
+            {"jsonrpc": "2.0", "id": "gateway-listen", "method": "subscriptions/listen",
+             "params": {"notifications": wanted}}, child_handshake_params(runtime.spec)["capabilities"],
+            GATEWAY_CLIENT_INFO))
+        with self._lock:
+            if runtime.feed_generation == generation:
+                runtime.listen_feed, feed = feed, None
+        if feed is not None:
+            child.cancel_call(feed, "a later one replaced it")
 
     def _take_relay_of(self, child, child_id):
         """(client-facing id, RelayedRequest) of a child's request, forgotten; (None, None) if unknown."""
@@ -3996,7 +4032,8 @@ class Router:
         """After a restart, sessions carry on: subscriptions are renewed and clients are told to refresh the
         lists the child declared as changeable."""
         runtime.header_params = None
-        runtime.listen_feed = None
+        with self._lock:
+            runtime.listen_feed = None  # the old child's, if any, went with it
         self.refresh_listen_feed(runtime)
         if not restarted:
             return
@@ -5117,7 +5154,7 @@ class HttpFront:
             ticket, pending = self.router.resume(message, caller)
         else:
             forwarded = dict(message, params={k: v for k, v in params.items() if k != "inputResponses"})
-            ticket = self.router.forward_request(runtime, forwarded, deadline, caller)
+            ticket = self.router.forward_request(runtime, without_envelope(forwarded), deadline, caller)
         return self._answer_modern(conn, request, runtime, message, caller, ticket, pending, deadline)
 
     def _answer_modern(self, conn, request, runtime, message, caller, ticket, pending, deadline):
@@ -5172,8 +5209,7 @@ class HttpFront:
                 return answer
             elif "id" in answer.message:  # a request the child made, relayed to this caller
                 if message["method"] in MRTR_METHODS:
-                    pending[answer.message["id"]] = {"method": answer.message["method"],
-                                                     "params": answer.message.get("params") or {}}
+                    pending[answer.message["id"]] = input_request(answer.message)
                 else:
                     self.router.refuse_relay(answer.message["id"], "a %s request cannot ask its client for input "
                                              "in revision 2026-07-28" % message["method"])

@@ -2678,6 +2678,18 @@ class EraUnitTest(unittest.TestCase):
                 else:
                     self.assertIn(problem, found)
 
+    def test_what_a_handshake_era_child_is_given(self):
+        envelope = dict(MODERN_META, **{"io.modelcontextprotocol/logLevel": "info"})
+        cases = [(rpc("x", {"a": 1, "_meta": dict(envelope, traceparent="t")}),
+                  rpc("x", {"a": 1, "_meta": {"traceparent": "t"}})),
+                 (rpc("x", {"a": 1, "_meta": envelope}), rpc("x", {"a": 1})), (rpc("x"), rpc("x"))]
+        for message, expected in cases:
+            with self.subTest(message=message):
+                self.assertEqual(gw.without_envelope(message), expected)
+        asked = {"jsonrpc": "2.0", "id": 3, "method": "elicitation/create", "params": {"message": "m", "_meta": {
+            "progressToken": 0}}}
+        self.assertEqual(gw.input_request(asked), {"method": "elicitation/create", "params": {"message": "m"}})
+
     def test_results_and_errors_as_modern_clients_get_them(self):
         info = {"name": "fake", "version": "1"}
         cases = [("tools/list", {"result": {"tools": []}},
@@ -2736,6 +2748,9 @@ class ModernClientTest(unittest.TestCase):
         status, (reply,) = self.post(*modern("tools/call", {"name": "add", "arguments": {"a": 2, "b": 3}}, 3))
         self.assertEqual((reply["id"], reply["result"]["structuredContent"], reply["result"]["resultType"]),
                          (3, {"sum": 5}, "complete"))
+        status, (reply,) = self.post(*modern("tools/call", {"name": "echo", "arguments": {"text": "t"}}, 4,
+                                             progressToken="p"))
+        self.assertEqual(list(reply["result"]["structuredContent"]["meta"]), ["progressToken"])  # no envelope
         self.assertEqual(self.gateway.servers()["fake"]["sessions"], [])
 
     def test_progress_streams_with_the_callers_own_token(self):

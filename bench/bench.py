@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark for host-mcp-gateway: added latency, requests per second and memory, in one run.
 
-    python3 bench/bench.py              # full run: ~10 s per load level, about 1.5 minutes in all
+    python3 bench/bench.py              # full run: ~10 s per load level, about 2.5 minutes in all
     python3 bench/bench.py --quick      # 2 s per load level, fewer latency samples
     python3 bench/bench.py --json       # machine-readable results on stdout
 
@@ -13,8 +13,11 @@ What it measures, all with the same child (bench/fast_server.py, or the gateway'
   3. the gateway's RSS at idle, after the load, and at its peak;
   4. the same against supergateway 4.0.0 (stateful Streamable HTTP) as the reference, when it is found:
      $HMG_SUPERGATEWAY, else the CI cache ~/.cache/host-mcp-gateway-ci/env-*/npm/node_modules/.bin/supergateway.
-Then it checks two targets: gateway req/s at 16 connections >= 3x supergateway's, and added median
-latency <= 0.15 ms.
+Latency and load through the gateway are measured for both protocol eras (--protocol): "legacy", the sessionless
+JSON-RPC call of the handshake-era revisions, and "modern", the stateless call of revision 2026-07-28 (its
+per-request _meta envelope and MCP-Protocol-Version / Mcp-Method / Mcp-Name headers), interleaved at each level.
+Then it checks three targets: gateway (legacy) req/s at 16 connections >= 3x supergateway's, added median
+latency <= 0.15 ms, and modern req/s at 16 connections >= 0.9x legacy req/s.
 
 Python 3.9+, standard library only. Traffic goes to 127.0.0.1 only; every process it starts is stopped.
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
 import gc
 import glob
 import json
@@ -51,6 +55,7 @@ HOST = "127.0.0.1"
 TARGET_RPS_RATIO = 3.0  # gateway req/s at 16 connections vs supergateway's
 TARGET_ADDED_MEDIAN_MS = 0.15
 TARGET_CONNECTIONS = 16
+TARGET_MODERN_RATIO = 0.9  # modern req/s at 16 connections vs legacy's: the modern path costs at most 10% more
 SLOW_WAKEUP_MS = 0.04  # a direct stdio round trip slower than this means CPUs are slow to wake from idle
 NOISY_CPU_PCT = 10.0  # other processes using more than this (% of one core) in a phase make its figures suspect
 
@@ -60,6 +65,20 @@ INITIALIZE = {"jsonrpc": "2.0", "id": 0, "method": "initialize",
               "params": {"protocolVersion": "2025-06-18", "capabilities": {},
                          "clientInfo": {"name": "bench", "version": "1"}}}
 INITIALIZED = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+
+# Protocol eras of the gateway's /{server_id}/rpc. legacy: the call above, sessionless, no MCP headers. modern:
+# revision 2026-07-28, stateless: the version and the client's capabilities in params._meta of every request, and
+# headers mirroring the body (Mcp-Name is required for tools/call).
+LEGACY, MODERN = "legacy", "modern"
+PROTOCOLS = (LEGACY, MODERN)
+MODERN_VERSION = "2026-07-28"
+MODERN_CALL = dict(CALL, params=dict(CALL["params"], _meta={
+    "io.modelcontextprotocol/protocolVersion": MODERN_VERSION,
+    "io.modelcontextprotocol/clientCapabilities": {},
+    "io.modelcontextprotocol/clientInfo": {"name": "bench", "version": "1"}}))
+PROTOCOL_CALLS = {LEGACY: CALL, MODERN: MODERN_CALL}
+PROTOCOL_HEADERS = {LEGACY: {}, MODERN: {"MCP-Protocol-Version": MODERN_VERSION, "Mcp-Method": "tools/call",
+                                         "Mcp-Name": "echo", "Accept": "application/json, text/event-stream"}}
 START_TIMEOUT_S = 30.0
 
 
@@ -170,12 +189,18 @@ def http_request_bytes(port, path, body, headers):
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
-def call_maker(port=None, path=None, headers=None):
+def call_parts(protocol=LEGACY):
+    """The JSON text of one tools/call of `protocol` before and after its id: ('{..."id":', ',"method":...}')."""
+    before, after = dumps(dict(PROTOCOL_CALLS[protocol], id=0)).decode().split('"id":0', 1)
+    return before + '"id":', after
+
+
+def call_maker(port=None, path=None, headers=None, protocol=LEGACY):
     """A function id -> the bytes of one tools/call with that id: an HTTP request when a path is given, else a
     stdio line. Every call carries its own id: a stateful MCP session (supergateway's) maps answers to requests
-    by id, so concurrent requests with one id would be answered on the wrong connection or not at all."""
-    before, after = [part.encode() for part in dumps(dict(CALL, id=0)).decode().split('"id":0', 1)]
-    before += b'"id":'
+    by id, so concurrent requests with one id would be answered on the wrong connection or not at all.
+    `headers` are sent as given: the protocol's own are added by Target.headers_for."""
+    before, after = [part.encode() for part in call_parts(protocol)]
     if path is None:
         return lambda n: before + str(n).encode() + after + b"\n"
     head = http_request_bytes(port, path, b"", headers).replace(b"Content-Length: 0\r\n", b"")[:-2]
@@ -309,12 +334,16 @@ class Target:
     port = 0
     path = ""
     headers = {}
+    protocols = (LEGACY,)  # the protocol eras it serves
 
     def request(self, body):
         return http_request_bytes(self.port, self.path, body, self.headers)
 
-    def call_maker(self):
-        return call_maker(self.port, self.path, self.headers)
+    def headers_for(self, protocol):
+        return dict(self.headers, **PROTOCOL_HEADERS[protocol])
+
+    def call_maker(self, protocol=LEGACY):
+        return call_maker(self.port, self.path, self.headers_for(protocol), protocol)
 
     def child_pids(self):
         return descendants(self.proc.pid)
@@ -334,6 +363,7 @@ class Target:
 
 class GatewayTarget(Target):
     name = "host-mcp-gateway"
+    protocols = PROTOCOLS
 
     def __init__(self, workdir, child_cmd, log_level):
         token = secrets.token_hex(32)
@@ -357,6 +387,27 @@ class GatewayTarget(Target):
         with self.stopped_on_failure():
             self.port = self._wait_listening(port)
             self._wait_ready(token)
+        self.child_era, self.child_start_ms = self._child_start()
+
+    def _child_start(self):
+        """The era the gateway speaks with its child and how long from the child's start to ready, from the log
+        (None below info level). With child_protocol auto the gateway probes a new child with server/discover
+        first: a handshake-era child must refuse it at once (fast_server answers -32601), not stay silent."""
+        started = ready = era = None
+        with open(self.log_path, "rb") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if record.get("event") == "child_started" and started is None:
+                    started = record.get("ts")
+                elif record.get("event") == "child_ready" and ready is None:
+                    ready, era = record.get("ts"), record.get("era")
+        if not (started and ready):
+            return era, None
+        stamp = lambda ts: datetime.datetime.fromisoformat(ts.replace("Z", "+00:00"))
+        return era, round((stamp(ready) - stamp(started)).total_seconds() * 1000.0, 1)
 
     def _wait_listening(self, port):
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -500,12 +551,12 @@ def latency_direct(child_cmd, samples, warmup):
         child.close()
 
 
-def latency_http(target, samples, warmup):
-    make = target.call_maker()
+def latency_http(target, samples, warmup, protocol=LEGACY):
+    make = target.call_maker(protocol)
     with connect(target.port) as sock:
         buf = bytearray()
         status, _, body = exchange(sock, make(1), buf)
-        check_echo(status, body, target.name)
+        check_echo(status, body, "%s (%s)" % (target.name, protocol))
         window = CpuWindow(target.proc.pid, target.child_pids(), client_self=True)
         window.begin()
         result = summarize(timed_loop(lambda data: exchange(sock, data, buf), make, samples, warmup))
@@ -577,13 +628,12 @@ class CpuWindow:
             ("server_cpu_pct", "child_cpu_pct", "client_cpu_pct", "other_cpu_pct"), used) if value is not None}
 
 
-def run_wrk(wrk, workdir, target, connections, duration, window):
-    headers = dict(target.headers, **{"Content-Type": "application/json"})
-    before, after = dumps(dict(CALL, id=0)).decode().split('"id":0', 1)
-    script = os.path.join(workdir, "post.lua")
+def run_wrk(wrk, workdir, target, connections, duration, window, protocol=LEGACY):
+    headers = dict(target.headers_for(protocol), **{"Content-Type": "application/json"})
+    before, after = call_parts(protocol)
+    script = os.path.join(workdir, "post-%s.lua" % protocol)
     with open(script, "w") as f:
-        f.write(WRK_SCRIPT % (", ".join('["%s"] = "%s"' % item for item in headers.items()),
-                              before + '"id":', after))
+        f.write(WRK_SCRIPT % (", ".join('["%s"] = "%s"' % item for item in headers.items()), before, after))
     threads = min(connections, os.cpu_count() or 2)
     window.begin()
     out = subprocess.run([wrk, "-t%d" % threads, "-c%d" % connections, "-d%gs" % duration, "--latency",
@@ -606,10 +656,10 @@ def run_wrk(wrk, workdir, target, connections, duration, window):
     return result
 
 
-def _load_worker(port, path, headers, first_id, connections, start_at, stop_at, results):
+def _load_worker(port, path, headers, protocol, first_id, connections, start_at, stop_at, results):
     """One generator process: `connections` keep-alive sockets, each with one request in flight (a closed loop,
     as wrk does). Counts the responses that complete between start_at and stop_at."""
-    make = call_maker(port, path, headers)  # built here: a closure cannot be sent to a spawned process
+    make = call_maker(port, path, headers, protocol)  # built here: a closure cannot be sent to a spawned process
     sel = selectors.DefaultSelector()
     buffers = {}
     for _ in range(connections):
@@ -654,7 +704,7 @@ def _load_worker(port, path, headers, first_id, connections, start_at, stop_at, 
     results.put((done, errors, latencies, cpu))
 
 
-def run_python_load(target, connections, duration, window):
+def run_python_load(target, connections, duration, window, protocol=LEGACY):
     """Several processes, raw sockets and pre-built request bytes, so that the generator's own interpreter lock
     is not what limits the count."""
     procs_n = max(1, min(connections, os.cpu_count() or 2))
@@ -662,9 +712,9 @@ def run_python_load(target, connections, duration, window):
     results = multiprocessing.Queue()
     start_at = time.time() + 0.5  # every worker has its connections open by then
     stop_at = start_at + duration
-    workers = [multiprocessing.Process(target=_load_worker, args=(target.port, target.path, target.headers,
-                                                                   (i + 1) * 10 ** 9, n, start_at, stop_at, results))
-               for i, n in enumerate(shares)]
+    workers = [multiprocessing.Process(target=_load_worker, args=(
+        target.port, target.path, target.headers_for(protocol), protocol, (i + 1) * 10 ** 9, n, start_at, stop_at,
+        results)) for i, n in enumerate(shares)]
     for w in workers:
         w.start()
     time.sleep(max(0.0, start_at - time.time()))
@@ -682,10 +732,10 @@ def run_python_load(target, connections, duration, window):
     return result
 
 
-def run_load(wrk, workdir, target, connections, duration):
+def run_load(wrk, workdir, target, connections, duration, protocol=LEGACY):
     """One load level, with the CPU each side used during it."""
-    run = (lambda d, w: run_wrk(wrk, workdir, target, connections, d, w)) if wrk else (
-        lambda d, w: run_python_load(target, connections, d, w))
+    run = (lambda d, w: run_wrk(wrk, workdir, target, connections, d, w, protocol)) if wrk else (
+        lambda d, w: run_python_load(target, connections, d, w, protocol))
     window = CpuWindow(target.proc.pid, target.child_pids())
     run(min(1.0, duration), window)  # warm-up: connections, threads and caches settle before the measured run
     result = run(duration, window)
@@ -714,17 +764,29 @@ def session_cost_kib(target):
 
 
 def measure_target(make_target, args, wrk, workdir, say):
+    """Latency and load for every protocol era the target serves of those asked for; legacy's results at the
+    top level (as before modern was measured), modern's under "modern". The eras alternate at each load level
+    (legacy first at the first level, modern first at the next, ...), so neither always runs second."""
     target = make_target()
     try:
         pid = target.proc.pid
         time.sleep(0.5)  # let start-up allocation settle before "idle"
         out = {"pid": pid, "rss_idle_kib": rss_kib(pid)}
-        say("%s: latency, %d samples on one connection" % (target.name, args.samples))
-        out["latency"] = latency_http(target, args.samples, args.warmup)
-        out["load"] = []
-        for n in args.connections:
-            say("%s: %d connection(s) for %g s" % (target.name, n, args.duration))
-            out["load"].append(run_load(wrk, workdir, target, n, args.duration))
+        if isinstance(target, GatewayTarget):
+            out.update(child_era=target.child_era, child_start_ms=target.child_start_ms)
+        protocols = [p for p in args.protocols if p in target.protocols]
+        runs = {p: {"load": []} for p in protocols}
+        for p in protocols:
+            say("%s: %s latency, %d samples on one connection" % (target.name, p, args.samples))
+            runs[p]["latency"] = latency_http(target, args.samples, args.warmup, p)
+        for i, n in enumerate(args.connections):
+            for p in (protocols if i % 2 == 0 else protocols[::-1]):
+                say("%s: %s, %d connection(s) for %g s" % (target.name, p, n, args.duration))
+                runs[p]["load"].append(dict(run_load(wrk, workdir, target, n, args.duration, p), protocol=p))
+        if LEGACY in runs:
+            out.update(runs[LEGACY])
+        if MODERN in runs:
+            out["modern"] = runs[MODERN]
         time.sleep(1.0)  # the load's connections close and their threads end
         out["rss_after_kib"] = rss_kib(pid)
         out["rss_peak_kib"] = rss_kib(pid, "VmHWM")
@@ -745,22 +807,52 @@ def rps_at(result, connections):
     return None
 
 
+def protocol_runs(result):
+    """[(protocol, {"latency", "load"})] of a target's results: legacy at the top level, modern under "modern"."""
+    runs = []
+    if result and "latency" in result:
+        runs.append((LEGACY, result))
+    if result and "modern" in result:
+        runs.append((MODERN, result["modern"]))
+    return runs
+
+
 def evaluate(results):
     gw, ref, direct = results["gateway"], results.get("supergateway"), results["direct"]
-    added_median = gw["latency"]["median_ms"] - direct["median_ms"]
-    added_p99 = gw["latency"]["p99_ms"] - direct["p99_ms"]
-    results["added_latency_ms"] = {"median": added_median, "p99": added_p99}
-    targets = [{"name": "added median latency <= %.2f ms at 1 connection" % TARGET_ADDED_MEDIAN_MS,
-                "value": round(added_median, 4), "pass": added_median <= TARGET_ADDED_MEDIAN_MS}]
-    gw_rps, ref_rps = rps_at(gw, TARGET_CONNECTIONS), rps_at(ref, TARGET_CONNECTIONS)
+    runs = dict(protocol_runs(gw))
+    for protocol, run in runs.items():
+        results["added_latency_ms" if protocol == LEGACY else "modern_added_latency_ms"] = {
+            "median": run["latency"]["median_ms"] - direct["median_ms"],
+            "p99": run["latency"]["p99_ms"] - direct["p99_ms"]}
+    name = "added median latency <= %.2f ms at 1 connection" % TARGET_ADDED_MEDIAN_MS
+    if LEGACY in runs:
+        added_median = results["added_latency_ms"]["median"]
+        targets = [{"name": name, "value": round(added_median, 4), "pass": added_median <= TARGET_ADDED_MEDIAN_MS}]
+    else:
+        targets = [{"name": name, "value": None, "pass": None}]
+    gw_rps, ref_rps = rps_at(gw if LEGACY in runs else None, TARGET_CONNECTIONS), rps_at(ref, TARGET_CONNECTIONS)
     name = "gateway req/s at %d connections >= %gx supergateway's" % (TARGET_CONNECTIONS, TARGET_RPS_RATIO)
     if gw_rps is None or ref_rps is None:
         targets.append({"name": name, "value": None, "pass": None})
     else:
         ratio = gw_rps / ref_rps if ref_rps else float("inf")
         targets.append({"name": name, "value": round(ratio, 2), "pass": ratio >= TARGET_RPS_RATIO})
+    name = "modern req/s at %d connections >= %gx legacy's" % (TARGET_CONNECTIONS, TARGET_MODERN_RATIO)
+    if LEGACY in runs and MODERN in runs:
+        legacy_rps = {row["connections"]: row["rps"] for row in runs[LEGACY]["load"]}
+        ratios = {str(row["connections"]): row["rps"] / legacy_rps[row["connections"]]
+                  for row in runs[MODERN]["load"] if legacy_rps.get(row["connections"])}
+        results["modern_vs_legacy"] = {
+            "rps_ratio": ratios,
+            "median_latency_diff_ms": runs[MODERN]["latency"]["median_ms"] - runs[LEGACY]["latency"]["median_ms"]}
+        ratio = ratios.get(str(TARGET_CONNECTIONS))
+        targets.append({"name": name, "value": None if ratio is None else round(ratio, 3),
+                        "pass": None if ratio is None else ratio >= TARGET_MODERN_RATIO})
+    else:
+        targets.append({"name": name, "value": None, "pass": None})
     results["targets"] = targets
-    phases = [direct] + [r["latency"] for r in (gw, ref) if r] + [row for r in (gw, ref) if r for row in r["load"]]
+    phases = [direct] + [run["latency"] for r in (gw, ref) for _, run in protocol_runs(r)] + [
+        row for r in (gw, ref) for _, run in protocol_runs(r) for row in run["load"]]
     others = [p["other_cpu_pct"] for p in phases if p.get("other_cpu_pct") is not None]
     results["noise_cpu_pct"] = max(others) if others else None
 
@@ -775,36 +867,51 @@ def pct(value):
 
 def print_table(results):
     env, direct, gw = results["environment"], results["direct"], results["gateway"]
+    runs = protocol_runs(gw)
+    rows = [("host-mcp-gateway" if len(runs) == 1 else "host-mcp-gateway " + p, run) for p, run in runs]
     targets = [("host-mcp-gateway", gw)]
     if results.get("supergateway"):
+        rows.append(("supergateway", results["supergateway"]))
         targets.append(("supergateway", results["supergateway"]))
     print("host-mcp-gateway bench: child %s, load by %s, %g s per level, %s CPUs, Python %s, %s%s, logs %s" % (
         env["child"], env["load_generator"], env["duration_s"], env["cpus"], env["python"], env["platform"],
         " (cpuidle %s)" % env["cpuidle"] if env["cpuidle"] else "", env["log_level"]))
+    if gw.get("child_era"):
+        print("gateway's child: %s era%s; modern requests to a handshake-era child are translated by the gateway" % (
+            gw["child_era"], ", ready %.0f ms after its start (server/discover probe included)" %
+            gw["child_start_ms"] if gw.get("child_start_ms") is not None else ""))
     print()
     print("tools/call latency, 1 keep-alive connection (%d samples)   median      p99    added median / p99"
           % direct["samples"])
     print("  %-34s  %9.3f ms  %8.3f ms" % ("child directly on stdio", direct["median_ms"], direct["p99_ms"]))
-    for name, r in targets:
+    for name, r in rows:
         lat = r["latency"]
         print("  %-34s  %9.3f ms  %8.3f ms   %+.3f / %+.3f ms" % (
             name, lat["median_ms"], lat["p99_ms"], lat["median_ms"] - direct["median_ms"],
             lat["p99_ms"] - direct["p99_ms"]))
+    versus = results.get("modern_vs_legacy")
+    if versus:
+        print("  %-34s  %+9.3f ms" % ("modern minus legacy", versus["median_latency_diff_ms"]))
     print()
-    levels = [row["connections"] for row in gw["load"]]
-    print("throughput (req/s)    " + "".join("%12d conn" % n for n in levels))
+    width = 24
+    levels = [row["connections"] for row in rows[0][1]["load"]]
+    print("%-*s" % (width + 2, "throughput (req/s)") + "".join("%12d conn" % n for n in levels))
     print("  (CPU: % of one core used by the server process / its child / the load generator)")
-    for name, r in targets:
-        print("  %-20s" % name + "".join("%17.0f" % row["rps"] for row in r["load"]))
-        print("  %-20s" % "  p50 / p99 ms" + "".join(
+    for name, r in rows:
+        print("  %-*s" % (width, name) + "".join("%17.0f" % row["rps"] for row in r["load"]))
+        print("  %-*s" % (width, "  p50 / p99 ms") + "".join(
             "%17s" % ("%.2f / %.2f" % (row["p50_ms"], row["p99_ms"]) if "p50_ms" in row else "-")
             for row in r["load"]))
-        print("  %-20s" % "  CPU srv/child/load" + "".join(
+        print("  %-*s" % (width, "  CPU srv/child/load") + "".join(
             "%17s" % ("%s/%s/%s" % (pct(row.get("server_cpu_pct")), pct(row.get("child_cpu_pct")),
                                     pct(row.get("client_cpu_pct")))) for row in r["load"]))
         bad = sum(row["errors"] for row in r["load"])
         if bad:
-            print("  %-20s %d failed or non-2xx responses" % ("  errors", bad))
+            print("  %-*s %d failed or non-2xx responses" % (width, "  errors", bad))
+    if versus:
+        print("  %-*s" % (width, "modern / legacy") + "".join(
+            "%17s" % ("%.3fx" % versus["rps_ratio"][str(n)] if str(n) in versus["rps_ratio"] else "-")
+            for n in levels))
     print()
     print("RSS (MiB)                 idle   after load    peak")
     for name, r in targets:
@@ -828,8 +935,10 @@ def print_table(results):
         verdict = {True: "PASS", False: "MISS", None: "n/a "}[t["pass"]]
         if t["value"] is None:
             value = "-"
+        elif "latency" in t["name"]:
+            value = "%.3f ms" % t["value"]
         else:
-            value = "%.3f ms" % t["value"] if "latency" in t["name"] else "%.2fx" % t["value"]
+            value = ("%.3fx" if "modern" in t["name"] else "%.2fx") % t["value"]
         print("  %s  %-58s %s" % (verdict, t["name"], value))
 
 
@@ -843,6 +952,11 @@ def parse_args(argv):
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     parser.add_argument("--samples", type=int, default=5000, help="latency samples (default 5000)")
     parser.add_argument("--connections", default="1,16,64", help="load levels (default 1,16,64)")
+    parser.add_argument("--protocol", default="legacy,modern",
+                        help="protocol eras to measure through the gateway, comma-separated (default legacy,modern): "
+                             "legacy, the sessionless JSON-RPC call; modern, revision %s's stateless call "
+                             "(_meta envelope and MCP headers). supergateway is measured with legacy only"
+                             % MODERN_VERSION)
     parser.add_argument("--child", choices=("fast", "example"), default="fast",
                         help="fast: bench/fast_server.py (default); example: the gateway's --example-server")
     parser.add_argument("--no-wrk", action="store_true", help="use the Python load generator even if wrk exists")
@@ -856,6 +970,11 @@ def parse_args(argv):
         args.samples = min(args.samples, 1000)
     args.warmup = max(200, args.samples // 5)
     args.connections = [int(n) for n in args.connections.split(",")]
+    args.protocols = [p.strip() for p in args.protocol.split(",") if p.strip()]
+    unknown = [p for p in args.protocols if p not in PROTOCOLS]
+    if unknown or not args.protocols:
+        parser.error("--protocol: a comma-separated list of %s, not %r" % (" and ".join(PROTOCOLS), args.protocol))
+    args.protocols = [p for p in PROTOCOLS if p in args.protocols]  # legacy first, each once
     if TARGET_CONNECTIONS not in args.connections:
         args.connections.append(TARGET_CONNECTIONS)
     return args
@@ -872,7 +991,7 @@ def main(argv=None):
             max(args.connections), os.cpu_count() or 2),
         "duration_s": args.duration, "cpus": os.cpu_count(), "python": platform.python_version(),
         "platform": platform.system(), "log_level": "warning/none" if args.quiet_logs else "info",
-        "cpuidle": cpuidle_driver()}}
+        "cpuidle": cpuidle_driver(), "protocols": args.protocols}}
     if not wrk:
         say("using the Python load generator (%s)" % ("--no-wrk" if args.no_wrk else "wrk not found"))
     workdir = tempfile.mkdtemp(prefix="hmg-bench-")
@@ -882,15 +1001,18 @@ def main(argv=None):
         results["gateway"] = measure_target(
             lambda: GatewayTarget(workdir, child_cmd, "warning" if args.quiet_logs else "info"),
             args, wrk, workdir, say)
-        binary = None if args.no_reference else find_supergateway()
+        binary = None if args.no_reference or LEGACY not in args.protocols else find_supergateway()
         if binary:
             results["supergateway"] = measure_target(
                 lambda: SupergatewayTarget(workdir, binary, child_cmd, "none" if args.quiet_logs else "info"),
                 args, wrk, workdir, say)
         else:
-            results["reference_skipped"] = ("--no-reference" if args.no_reference else
-                                             "supergateway not found: set HMG_SUPERGATEWAY, or run .ci/run once "
-                                             "to fill ~/.cache/host-mcp-gateway-ci")
+            results["reference_skipped"] = (
+                "--no-reference" if args.no_reference else
+                "--protocol without legacy (supergateway is measured with legacy calls only)"
+                if LEGACY not in args.protocols else
+                "supergateway not found: set HMG_SUPERGATEWAY, or run .ci/run once to fill "
+                "~/.cache/host-mcp-gateway-ci")
             say("reference skipped: " + results["reference_skipped"])
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -2,7 +2,9 @@
 """A minimal, fast stdio MCP server for bench.py: newline-delimited JSON-RPC on stdin/stdout.
 
 Answers initialize, ping, tools/list and tools/call (tool `echo`: returns its `text`) at once; other requests
-get -32601; notifications are ignored. It reads whatever is available and answers every complete line in one
+get -32601; notifications are ignored. It is a handshake-era server: the `server/discover` probe the gateway
+sends a new child first (child_protocol auto) gets -32601 at once, so the gateway falls back to initialize
+without waiting out its probe timeout; a request's params._meta (revision 2026-07-28's envelope) is ignored. It reads whatever is available and answers every complete line in one
 write, so requests the gateway sends back to back cost one read and one write here, not one per line.
 Standard library only; exits when stdin closes.
 """
@@ -24,7 +26,7 @@ def result_for(method, params):
     if method == "initialize":
         return {"protocolVersion": params.get("protocolVersion", "2025-06-18"), "capabilities": {"tools": {}},
                 "serverInfo": {"name": "bench-fast-server", "version": "1"}}
-    return None
+    return None  # server/discover among them: answered -32601 (see the docstring)
 
 
 def answer(line):
