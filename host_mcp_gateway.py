@@ -7,14 +7,19 @@ clients share each of them safely:
 
     client --HTTP--> §10 HTTP layer --> §9 sessions --> §8 supervisor --> §7 child process --stdio--> MCP server
       (allowlist and connection caps   (Mcp-Session-Id,   (restart policy,   (id remapping, stdin backlog
-       at accept; token, Origin, size   event streams,     backoff)           thread, stdout/stderr readers)
-       and time limits, calls in        relayed requests)
-       flight per client and token)
+       at accept; token, Origin, size   event streams,     backoff; the       thread, stdout/stderr readers)
+       and time limits, calls in        relayed requests;  child's era:
+       flight per client and token;     2026-07-28 calls,  server/discover
+       the era of each request, §5)     input_required,    or initialize)
+                                        listen streams)
+    §5 decides each request's protocol era (the handshake revisions, or 2026-07-28's per-request _meta) and
+    holds the translation rules; §9 applies them where client and child speak different eras.
     §6 telemetry watches all of it: metrics always (GET /metrics), OTLP/HTTP JSON traces and metrics when the
     standard OTEL_* variables ask for them.
 
-Endpoints: `POST /{server_id}/rpc` is an MCP Streamable HTTP endpoint (POST, GET event stream, DELETE,
-`Mcp-Session-Id`) that also answers plain curl calls without a session; `POST /rpc` takes
+Endpoints: `POST /{server_id}/rpc` is an MCP Streamable HTTP endpoint for both protocol eras (sessions, GET
+event streams and DELETE for the handshake revisions; stateless requests for 2026-07-28) that also answers
+plain curl calls without a session; `POST /rpc` takes
 `{"server_id": ..., "payload": <JSON-RPC>}`; `GET /health`, `GET /servers` and `GET /metrics` report status;
 `GET /` is a status page for a browser (served without the token: it holds no data, its script fetches them).
 
@@ -23,7 +28,7 @@ Own config:    python3 host_mcp_gateway.py --init  (then edit it)  and  python3 
 Run:           python3 host_mcp_gateway.py -config ~/.config/host-mcp-gateway/config.json
 Reload:        python3 host_mcp_gateway.py --reload (SIGHUP)   At login (macOS): --install-agent
 
-Config keys are listed in CONFIG_FIELDS and SERVER_FIELDS (§4) and in README.md.
+Config keys are listed in CONFIG_FIELDS and SERVER_FIELDS (§4) and, generated from them, in docs/configuration.md.
 Python >= 3.9, standard library only. Sections: `grep -n '^# §' host_mcp_gateway.py`.
 """
 from __future__ import annotations
@@ -121,7 +126,7 @@ MCP_UNSUPPORTED_PROTOCOL_VERSION = -32022
 class GatewayError(Exception):
     """Every failure a client can see. The HTTP layer's one funnel (§10) turns it into a response: the gateway
     error shape `{"error": {"error_code", "message", "server_id", "request_id"}}`, or a JSON-RPC error where the
-    caller speaks JSON-RPC. `error_code` values are a stable, documented list (README, "Errors")."""
+    caller speaks JSON-RPC. `error_code` values are a stable, documented list (docs/http-api.md, "Errors")."""
 
     def __init__(self, message, http_status=500, error_code="internal_error", rpc_code=JSONRPC_SERVER_ERROR,
                  server_id=None, request_id=None, close=False, headers=(), rpc_data=None):
@@ -563,7 +568,7 @@ def resolve_tokens(values, environ, config_dir, errors):
 
 
 class Field:
-    """One config key: its default (REQUIRED when it has none), its check, and its line in README's table."""
+    """One config key: its default (REQUIRED when it has none), its check, and its line in the table of docs/configuration.md."""
     REQUIRED = object()
 
     def __init__(self, default, check, doc):
@@ -6056,7 +6061,7 @@ def send_reload(path):
 
 def launch_agent(python, script, config_path, home):
     """The LaunchAgent that runs `script` with `python` on `config_path`, as plistlib writes it (pure); with the
-    sample's placeholder paths it is host-mcp-gateway.plist.sample. Why each key: README, "Run at login"."""
+    sample's placeholder paths it is host-mcp-gateway.plist.sample. Why each key: docs/operations.md."""
     log = os.path.join(home, "Library", "Logs", "host-mcp-gateway", "gateway.log")
     return {"Label": AGENT_LABEL, "ProgramArguments": [python, script, "-config", config_path],
             "EnvironmentVariables": {"PATH": AGENT_PATH}, "RunAtLoad": True,
