@@ -1204,6 +1204,10 @@ class SamplesTest(unittest.TestCase):
             self.assertIn(value + " does not exist", result.stderr)
         if "/opt/homebrew/bin/uvx" in missing:
             self.assertIn("`command -v uvx`", result.stderr)
+        roots = [root for server in raw["servers"] for root in server.get("roots", ())]
+        self.assertTrue(roots)
+        for root in roots if not os.path.isdir(roots[0]) else ():
+            self.assertIn("roots: %s is not a folder on this host" % root, result.stderr)
 
     def test_sample_config_is_valid_but_for_its_placeholder_token(self):
         with open(os.path.join(HERE, "config.sample.json")) as f:
