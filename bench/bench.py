@@ -15,7 +15,8 @@ What it measures, all with the same child (bench/fast_server.py, or the gateway'
      $HMG_SUPERGATEWAY, else the CI cache ~/.cache/host-mcp-gateway-ci/env-*/npm/node_modules/.bin/supergateway.
 Latency and load through the gateway are measured for both protocol eras (--protocol): "legacy", the sessionless
 JSON-RPC call of the handshake-era revisions, and "modern", the stateless call of revision 2026-07-28 (its
-per-request _meta envelope and MCP-Protocol-Version / Mcp-Method / Mcp-Name headers), interleaved at each level.
+per-request _meta envelope and MCP-Protocol-Version / Mcp-Method / Mcp-Name headers), in halves run legacy,
+modern, modern, legacy at each level.
 Then it checks three targets: gateway (legacy) req/s at 16 connections >= 3x supergateway's, added median
 latency <= 0.15 ms, and modern req/s at 16 connections >= 0.9x legacy req/s.
 
@@ -551,7 +552,8 @@ def latency_direct(child_cmd, samples, warmup):
         child.close()
 
 
-def latency_http(target, samples, warmup, protocol=LEGACY):
+def latency_http_samples(target, samples, warmup, protocol=LEGACY):
+    """(round-trip durations in seconds, other processes' CPU meanwhile) on one new keep-alive connection."""
     make = target.call_maker(protocol)
     with connect(target.port) as sock:
         buf = bytearray()
@@ -559,10 +561,14 @@ def latency_http(target, samples, warmup, protocol=LEGACY):
         check_echo(status, body, "%s (%s)" % (target.name, protocol))
         window = CpuWindow(target.proc.pid, target.child_pids(), client_self=True)
         window.begin()
-        result = summarize(timed_loop(lambda data: exchange(sock, data, buf), make, samples, warmup))
+        durations = timed_loop(lambda data: exchange(sock, data, buf), make, samples, warmup)
         window.end()
-        result["other_cpu_pct"] = window.result.get("other_cpu_pct")
-        return result
+        return durations, window.result.get("other_cpu_pct")
+
+
+def latency_http(target, samples, warmup, protocol=LEGACY):
+    durations, other = latency_http_samples(target, samples, warmup, protocol)
+    return dict(summarize(durations), other_cpu_pct=other)
 
 
 # 2. Load ------------------------------------------------------------------------------------------------------
@@ -636,9 +642,10 @@ def run_wrk(wrk, workdir, target, connections, duration, window, protocol=LEGACY
         f.write(WRK_SCRIPT % (", ".join('["%s"] = "%s"' % item for item in headers.items()), before, after))
     threads = min(connections, os.cpu_count() or 2)
     window.begin()
-    out = subprocess.run([wrk, "-t%d" % threads, "-c%d" % connections, "-d%gs" % duration, "--latency",
+    seconds = max(1, int(round(duration)))  # wrk takes whole seconds only
+    out = subprocess.run([wrk, "-t%d" % threads, "-c%d" % connections, "-d%ds" % seconds, "--latency",
                           "-s", script, "http://%s:%d%s" % (HOST, target.port, target.path)],
-                         capture_output=True, text=True, timeout=duration + 60)
+                         capture_output=True, text=True, timeout=seconds + 60)
     window.end()
     text = out.stdout
     rps = re.search(r"Requests/sec:\s+([0-9.]+)", text)
@@ -732,6 +739,25 @@ def run_python_load(target, connections, duration, window, protocol=LEGACY):
     return result
 
 
+def combine_loads(parts):
+    """One load level from its parts of equal duration: req/s and CPU averaged (req/s over the total time), p50 and
+    p99 averaged (an approximation: the parts' latencies are not merged), errors and requests added up,
+    other processes' CPU at its worst."""
+    if len(parts) == 1:
+        return parts[0]
+    out = {"parts": len(parts), "connections": parts[0]["connections"]}
+    for key in ("errors", "requests"):
+        out[key] = sum(part[key] for part in parts)
+    for key in ("rps", "p50_ms", "p99_ms", "server_cpu_pct", "child_cpu_pct", "client_cpu_pct"):
+        values = [part.get(key) for part in parts]
+        if None not in values:
+            out[key] = sum(values) / len(values)
+    others = [part.get("other_cpu_pct") for part in parts]
+    if None not in others:
+        out["other_cpu_pct"] = max(others)
+    return out
+
+
 def run_load(wrk, workdir, target, connections, duration, protocol=LEGACY):
     """One load level, with the CPU each side used during it."""
     run = (lambda d, w: run_wrk(wrk, workdir, target, connections, d, w, protocol)) if wrk else (
@@ -741,6 +767,14 @@ def run_load(wrk, workdir, target, connections, duration, protocol=LEGACY):
     result = run(duration, window)
     result.update(window.result, connections=connections)
     return result
+
+
+def add_cpu_per_request(row):
+    """The server process's CPU time per answered request, in microseconds: what a saturated server's req/s is
+    the inverse of, and less moved by neighbours than req/s is."""
+    if row.get("server_cpu_pct") is not None and row.get("rps"):
+        row["server_cpu_us_per_req"] = row["server_cpu_pct"] / 100.0 / row["rps"] * 1e6
+    return row
 
 
 # 3./4. One target from start to stop --------------------------------------------------------------------------
@@ -765,8 +799,7 @@ def session_cost_kib(target):
 
 def measure_target(make_target, args, wrk, workdir, say):
     """Latency and load for every protocol era the target serves of those asked for; legacy's results at the
-    top level (as before modern was measured), modern's under "modern". The eras alternate at each load level
-    (legacy first at the first level, modern first at the next, ...), so neither always runs second."""
+    top level (as before modern was measured), modern's under "modern"."""
     target = make_target()
     try:
         pid = target.proc.pid
@@ -776,13 +809,26 @@ def measure_target(make_target, args, wrk, workdir, say):
             out.update(child_era=target.child_era, child_start_ms=target.child_start_ms)
         protocols = [p for p in args.protocols if p in target.protocols]
         runs = {p: {"load": []} for p in protocols}
-        for p in protocols:
-            say("%s: %s latency, %d samples on one connection" % (target.name, p, args.samples))
-            runs[p]["latency"] = latency_http(target, args.samples, args.warmup, p)
-        for i, n in enumerate(args.connections):
-            for p in (protocols if i % 2 == 0 else protocols[::-1]):
-                say("%s: %s, %d connection(s) for %g s" % (target.name, p, n, args.duration))
-                runs[p]["load"].append(dict(run_load(wrk, workdir, target, n, args.duration, p), protocol=p))
+        # With two eras, each measurement is split in halves run in the order A B B A (legacy, modern, modern,
+        # legacy): a drift of the machine's speed during the sequence (a neighbour starting or ending) then
+        # weighs on both eras alike, and the ratio of the two is what the target checks.
+        order = protocols if len(protocols) == 1 else protocols + protocols[::-1]
+        parts = len(order) // len(protocols)
+        latency_parts = {p: ([], []) for p in protocols}
+        for p in order:
+            say("%s: %s latency, %d samples on one connection" % (target.name, p, args.samples // parts))
+            durations, other = latency_http_samples(target, args.samples // parts, args.warmup // parts, p)
+            latency_parts[p][0].extend(durations)
+            latency_parts[p][1].append(other)
+        for p, (durations, others) in latency_parts.items():
+            runs[p]["latency"] = dict(summarize(durations), other_cpu_pct=None if None in others else max(others))
+        for n in args.connections:
+            load_parts = {p: [] for p in protocols}
+            for p in order:
+                say("%s: %s, %d connection(s) for %g s" % (target.name, p, n, args.duration / parts))
+                load_parts[p].append(run_load(wrk, workdir, target, n, args.duration / parts, p))
+            for p, results in load_parts.items():
+                runs[p]["load"].append(add_cpu_per_request(dict(combine_loads(results), protocol=p)))
         if LEGACY in runs:
             out.update(runs[LEGACY])
         if MODERN in runs:
@@ -842,8 +888,12 @@ def evaluate(results):
         legacy_rps = {row["connections"]: row["rps"] for row in runs[LEGACY]["load"]}
         ratios = {str(row["connections"]): row["rps"] / legacy_rps[row["connections"]]
                   for row in runs[MODERN]["load"] if legacy_rps.get(row["connections"])}
+        legacy_cpu = {row["connections"]: row.get("server_cpu_us_per_req") for row in runs[LEGACY]["load"]}
         results["modern_vs_legacy"] = {
             "rps_ratio": ratios,
+            "server_cpu_per_req_ratio": {str(row["connections"]): row["server_cpu_us_per_req"] /
+                                         legacy_cpu[row["connections"]] for row in runs[MODERN]["load"]
+                                         if row.get("server_cpu_us_per_req") and legacy_cpu.get(row["connections"])},
             "median_latency_diff_ms": runs[MODERN]["latency"]["median_ms"] - runs[LEGACY]["latency"]["median_ms"]}
         ratio = ratios.get(str(TARGET_CONNECTIONS))
         targets.append({"name": name, "value": None if ratio is None else round(ratio, 3),
@@ -905,13 +955,17 @@ def print_table(results):
         print("  %-*s" % (width, "  CPU srv/child/load") + "".join(
             "%17s" % ("%s/%s/%s" % (pct(row.get("server_cpu_pct")), pct(row.get("child_cpu_pct")),
                                     pct(row.get("client_cpu_pct")))) for row in r["load"]))
+        print("  %-*s" % (width, "  server CPU us/req") + "".join(
+            "%17s" % ("%.0f" % row["server_cpu_us_per_req"] if row.get("server_cpu_us_per_req") else "-")
+            for row in r["load"]))
         bad = sum(row["errors"] for row in r["load"])
         if bad:
             print("  %-*s %d failed or non-2xx responses" % (width, "  errors", bad))
     if versus:
-        print("  %-*s" % (width, "modern / legacy") + "".join(
-            "%17s" % ("%.3fx" % versus["rps_ratio"][str(n)] if str(n) in versus["rps_ratio"] else "-")
-            for n in levels))
+        for label, key in (("modern / legacy req/s", "rps_ratio"),
+                           ("  server CPU per req", "server_cpu_per_req_ratio")):
+            print("  %-*s" % (width, label) + "".join(
+                "%17s" % ("%.3fx" % versus[key][str(n)] if str(n) in versus.get(key, {}) else "-") for n in levels))
     print()
     print("RSS (MiB)                 idle   after load    peak")
     for name, r in targets:
