@@ -394,17 +394,22 @@ class GatewayTarget(Target):
         """The era the gateway speaks with its child and how long from the child's start to ready, from the log
         (None below info level). With child_protocol auto the gateway probes a new child with server/discover
         first: a handshake-era child must refuse it at once (fast_server answers -32601), not stay silent."""
-        started = ready = era = None
-        with open(self.log_path, "rb") as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue
-                if record.get("event") == "child_started" and started is None:
-                    started = record.get("ts")
-                elif record.get("event") == "child_ready" and ready is None:
-                    ready, era = record.get("ts"), record.get("era")
+        deadline = time.monotonic() + 2.0  # /health may say ready a moment before the line is written
+        while True:
+            started = ready = era = None
+            with open(self.log_path, "rb") as f:
+                for line in f:
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        continue
+                    if record.get("event") == "child_started" and started is None:
+                        started = record.get("ts")
+                    elif record.get("event") == "child_ready" and ready is None:
+                        ready, era = record.get("ts"), record.get("era")
+            if ready or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
         if not (started and ready):
             return era, None
         stamp = lambda ts: datetime.datetime.fromisoformat(ts.replace("Z", "+00:00"))
