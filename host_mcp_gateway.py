@@ -1396,17 +1396,16 @@ def modern_envelope(message, capabilities, client_info=None, log_level=None):
     return dict(message, params=dict(params, _meta=meta))
 
 
-ENVELOPE_KEYS = (META_PROTOCOL_VERSION, META_CLIENT_INFO, META_CLIENT_CAPABILITIES, META_LOG_LEVEL)
-
-
-def without_envelope(message):
-    """A modern request as a handshake-era child takes it: its _meta without the per-request envelope, which
-    some such servers refuse on a handshake connection (the Python SDK's, for one)."""
+def without_claim(message):
+    """A modern request as a handshake-era child takes it: its _meta without the revision claim, the key that
+    marks a request of the modern era, which some such servers refuse on a handshake connection (the Python
+    SDK's). The other reserved keys (the client's capabilities, identity, log level) stay: news to a child
+    that reads them per request (the TypeScript SDK's), and nothing to one that does not."""
     params = message.get("params") if isinstance(message.get("params"), dict) else None
     meta = params.get("_meta") if params is not None and isinstance(params.get("_meta"), dict) else None
-    if meta is None:
+    if meta is None or META_PROTOCOL_VERSION not in meta:
         return message
-    kept = {key: value for key, value in meta.items() if key not in ENVELOPE_KEYS}
+    kept = {key: value for key, value in meta.items() if key != META_PROTOCOL_VERSION}
     params = dict(params, _meta=kept) if kept else {key: value for key, value in params.items() if key != "_meta"}
     return dict(message, params=params)
 
@@ -5159,7 +5158,7 @@ class HttpFront:
             ticket, pending = self.router.resume(message, caller)
         else:
             forwarded = dict(message, params={k: v for k, v in params.items() if k != "inputResponses"})
-            ticket = self.router.forward_request(runtime, without_envelope(forwarded), deadline, caller)
+            ticket = self.router.forward_request(runtime, without_claim(forwarded), deadline, caller)
         return self._answer_modern(conn, request, runtime, message, caller, ticket, pending, deadline)
 
     def _answer_modern(self, conn, request, runtime, message, caller, ticket, pending, deadline):

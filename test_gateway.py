@@ -2683,13 +2683,15 @@ class EraUnitTest(unittest.TestCase):
                     self.assertIn(problem, found)
 
     def test_what_a_handshake_era_child_is_given(self):
-        envelope = dict(MODERN_META, **{"io.modelcontextprotocol/logLevel": "info"})
-        cases = [(rpc("x", {"a": 1, "_meta": dict(envelope, traceparent="t")}),
-                  rpc("x", {"a": 1, "_meta": {"traceparent": "t"}})),
-                 (rpc("x", {"a": 1, "_meta": envelope}), rpc("x", {"a": 1})), (rpc("x"), rpc("x"))]
+        claim = {"io.modelcontextprotocol/protocolVersion": MODERN}
+        rest = {key: value for key, value in MODERN_META.items() if key not in claim}
+        cases = [(rpc("x", {"a": 1, "_meta": dict(MODERN_META, traceparent="t")}),
+                  rpc("x", {"a": 1, "_meta": dict(rest, traceparent="t")})),
+                 (rpc("x", {"a": 1, "_meta": claim}), rpc("x", {"a": 1})), (rpc("x"), rpc("x")),
+                 (rpc("x", {"_meta": {"progressToken": 1}}), rpc("x", {"_meta": {"progressToken": 1}}))]
         for message, expected in cases:
             with self.subTest(message=message):
-                self.assertEqual(gw.without_envelope(message), expected)
+                self.assertEqual(gw.without_claim(message), expected)
         asked = {"jsonrpc": "2.0", "id": 3, "method": "elicitation/create", "params": {"message": "m", "_meta": {
             "progressToken": 0}}}
         self.assertEqual(gw.input_request(asked), {"method": "elicitation/create", "params": {"message": "m"}})
@@ -2754,7 +2756,9 @@ class ModernClientTest(unittest.TestCase):
                          (3, {"sum": 5}, "complete"))
         status, (reply,) = self.post(*modern("tools/call", {"name": "echo", "arguments": {"text": "t"}}, 4,
                                              progressToken="p"))
-        self.assertEqual(list(reply["result"]["structuredContent"]["meta"]), ["progressToken"])  # no envelope
+        meta = reply["result"]["structuredContent"]["meta"]
+        self.assertNotIn("io.modelcontextprotocol/protocolVersion", meta)  # the claim of the modern era
+        self.assertEqual(meta["io.modelcontextprotocol/clientInfo"], MODERN_META["io.modelcontextprotocol/clientInfo"])
         self.assertEqual(self.gateway.servers()["fake"]["sessions"], [])
 
     def test_progress_streams_with_the_callers_own_token(self):

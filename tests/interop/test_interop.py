@@ -886,7 +886,7 @@ def start_inject_proxy(testcase, gateway):
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         testcase.addCleanup(stop_proxy, proxy)
 
-        def accepting():
+        def accepting(proxy=proxy, port=port):
             if proxy.poll() is not None:
                 return "exited"
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
