@@ -965,7 +965,7 @@ def print_table(results):
             for row in r["load"]))
         bad = sum(row["errors"] for row in r["load"])
         if bad:
-            print("  %-*s %d failed or non-2xx responses" % (width, "  errors", bad))
+            print("  %-*s" % (width, "  errors") + " %d failed or non-2xx responses" % bad)
     if versus:
         for label, key in (("modern / legacy req/s", "rps_ratio"),
                            ("  server CPU per req", "server_cpu_per_req_ratio")):
