@@ -3149,14 +3149,12 @@ class ModernCaller:
     """The client of one request of revision 2026-07-28: what its _meta declared. It stands where a Session
     stands for the relay rule, so that a handshake-era child's request during the call reaches this caller (as
     inputRequests of an input_required result), and only if it declared the capability."""
-    __slots__ = ("capabilities", "protocol_version", "client", "label", "closed")
+    __slots__ = ("capabilities", "protocol_version", "label", "closed")
 
     def __init__(self, meta, protocol_version):
         capabilities = meta.get(META_CLIENT_CAPABILITIES)
         self.capabilities = capabilities if isinstance(capabilities, dict) else {}
         self.protocol_version = protocol_version
-        info = meta.get(META_CLIENT_INFO)
-        self.client = client_label({"clientInfo": info})
         self.label = None  # no session
         self.closed = False
 
@@ -5157,19 +5155,21 @@ class HttpFront:
         if "requestState" in params:
             ticket, pending = self.router.resume(message, caller)
         else:
-            forwarded = dict(message, params={k: v for k, v in params.items() if k != "inputResponses"})
+            forwarded = dict(message, params={k: v for k, v in params.items() if k != "inputResponses"}) \
+                if "inputResponses" in params else message
             ticket = self.router.forward_request(runtime, without_claim(forwarded), deadline, caller)
         return self._answer_modern(conn, request, runtime, message, caller, ticket, pending, deadline)
 
     def _answer_modern(self, conn, request, runtime, message, caller, ticket, pending, deadline):
         """Sends a modern call's answer: as JSON, or as the last event of its stream. From a handshake-era child
         it is translated, and a child waiting for the caller's input makes it input_required (MRTR)."""
-        parked = False
+        answered = False  # the child answered, or waits parked for the caller's retry
         try:
             answer = self._await_modern(conn, request, ticket, message, pending, deadline)
+            answered = answer is not None
             if answer is None:  # the child waits for what it asked: the client answers on its retry
                 state = self.router.park(ticket, caller, pending, message)
-                parked = True
+                answered = True
                 answer = result_reply(message, {"resultType": "input_required", "inputRequests": pending,
                                                 "requestState": state})
             elif runtime.era == LEGACY:
@@ -5186,10 +5186,9 @@ class HttpFront:
             conn.send_json(status, answer)
             return status
         finally:
-            if not parked:
-                ticket.finish("client_gone")  # no-op when the answer came; else the caller went away
-                ticket.child.cancel_call(ticket.gateway_id, "its client went away")  # no-op when it was answered
-
+            if not answered:  # the caller went away (a closed stream cancels, in this revision)
+                ticket.finish("client_gone")
+                ticket.child.cancel_call(ticket.gateway_id, "its client went away")
     def _await_modern(self, conn, request, ticket, message, pending, deadline):
         """The child's answer to a modern call, its progress streamed on the way; None when the child is waiting
         for the caller's input instead, with its requests gathered into `pending` (input key -> request)."""
