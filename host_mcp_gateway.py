@@ -3161,15 +3161,13 @@ class ModernCaller:
 
 class ParkedCall:
     """A modern client's call that waits at a handshake-era child for answers to the requests the child made;
-    the client gives them on its retry, which names this call by its requestState."""
-    __slots__ = ("ticket", "caller", "requests", "method", "target", "expires")
+    the client gives them on its retry, which names this call by its requestState (bound there to the method
+    and target)."""
+    __slots__ = ("ticket", "requests", "expires")
 
-    def __init__(self, ticket, caller, requests, method, target, expires):
+    def __init__(self, ticket, requests, expires):
         self.ticket = ticket
-        self.caller = caller
         self.requests = requests  # input key (the relay id) -> {"method", "params"} the child asked
-        self.method = method
-        self.target = target
         self.expires = expires
 
 
@@ -3600,7 +3598,7 @@ class Router:
 
     # Multi round-trip requests for modern clients of handshake-era children -----------------------------------
 
-    def park(self, ticket, caller, requests, message):
+    def park(self, ticket, requests, message):
         """Holds a modern client's call, which waits at the child for the answers to `requests` (input key ->
         the child's request); returns the requestState that names it on the client's retry. At most
         max_sessions calls wait so: a client that never retries holds nothing for long or in number."""
@@ -3610,8 +3608,7 @@ class Router:
                 raise GatewayError("too many calls wait for their clients' input (max_sessions)", 503,
                                    "too_many_sessions")
             handle = next(self._park_ids)
-            self._parked[handle] = ParkedCall(ticket, caller, requests, message["method"], mrtr_target(message),
-                                              now() + ttl_s)
+            self._parked[handle] = ParkedCall(ticket, requests, now() + ttl_s)
         return self.request_states.encode(handle, message["method"], mrtr_target(message), ttl_s)
 
     def resume(self, message, caller):
@@ -5146,7 +5143,7 @@ class HttpFront:
             if method == "subscriptions/listen":
                 deadline = now() + LISTEN_DEADLINE_S
             ticket = self.router.forward_request(runtime, message, deadline, caller)
-            return self._answer_modern(conn, request, runtime, message, caller, ticket, {}, deadline)
+            return self._answer_modern(conn, request, runtime, message, ticket, {}, deadline)
         if method == "server/discover":
             return conn.send_reply(result_reply(message, discover_result(runtime.init_result)))
         if method == "subscriptions/listen":
@@ -5158,9 +5155,9 @@ class HttpFront:
             forwarded = dict(message, params={k: v for k, v in params.items() if k != "inputResponses"}) \
                 if "inputResponses" in params else message
             ticket = self.router.forward_request(runtime, without_claim(forwarded), deadline, caller)
-        return self._answer_modern(conn, request, runtime, message, caller, ticket, pending, deadline)
+        return self._answer_modern(conn, request, runtime, message, ticket, pending, deadline)
 
-    def _answer_modern(self, conn, request, runtime, message, caller, ticket, pending, deadline):
+    def _answer_modern(self, conn, request, runtime, message, ticket, pending, deadline):
         """Sends a modern call's answer: as JSON, or as the last event of its stream. From a handshake-era child
         it is translated, and a child waiting for the caller's input makes it input_required (MRTR)."""
         answered = False  # the child answered, or waits parked for the caller's retry
@@ -5168,7 +5165,7 @@ class HttpFront:
             answer = self._await_modern(conn, request, ticket, message, pending, deadline)
             answered = answer is not None
             if answer is None:  # the child waits for what it asked: the client answers on its retry
-                state = self.router.park(ticket, caller, pending, message)
+                state = self.router.park(ticket, pending, message)
                 answered = True
                 answer = result_reply(message, {"resultType": "input_required", "inputRequests": pending,
                                                 "requestState": state})
