@@ -303,6 +303,16 @@ def check_echo(status, body, who):
 
 # Targets: the child on stdio, the gateway, supergateway --------------------------------------------------------
 
+def log_records(path):
+    """The JSON records of a gateway's log file so far, skipping lines that are not JSON."""
+    with open(path, "rb") as f:
+        for line in f:
+            try:
+                yield json.loads(line)
+            except ValueError:
+                continue
+
+
 def child_command(kind):
     if kind == "example":
         return [sys.executable, GATEWAY, "--example-server"]
@@ -397,16 +407,11 @@ class GatewayTarget(Target):
         deadline = time.monotonic() + 2.0  # /health may say ready a moment before the line is written
         while True:
             started = ready = era = None
-            with open(self.log_path, "rb") as f:
-                for line in f:
-                    try:
-                        record = json.loads(line)
-                    except ValueError:
-                        continue
-                    if record.get("event") == "child_started" and started is None:
-                        started = record.get("ts")
-                    elif record.get("event") == "child_ready" and ready is None:
-                        ready, era = record.get("ts"), record.get("era")
+            for record in log_records(self.log_path):
+                if record.get("event") == "child_started" and started is None:
+                    started = record.get("ts")
+                elif record.get("event") == "child_ready" and ready is None:
+                    ready, era = record.get("ts"), record.get("era")
             if ready or time.monotonic() > deadline:
                 break
             time.sleep(0.02)
@@ -424,14 +429,9 @@ class GatewayTarget(Target):
                     return port
                 except OSError:
                     pass
-            with open(self.log_path, "rb") as f:
-                for line in f:
-                    try:
-                        record = json.loads(line)
-                    except ValueError:
-                        continue
-                    if record.get("event") == "listening":
-                        return record["port"]
+            for record in log_records(self.log_path):
+                if record.get("event") == "listening":
+                    return record["port"]
             if self.proc.poll() is not None:
                 break
             time.sleep(0.02)
