@@ -3458,7 +3458,8 @@ class Router:
         if kind == REQUEST and method in ("ping", "logging/setLevel"):
             runtime.ready_child(deadline)
             if runtime.era == MODERN:  # revision 2026-07-28 has neither: the gateway answers for its child
-                level = (message.get("params") or {}).get("level") if isinstance(message.get("params"), dict) else None
+                params = message.get("params")
+                level = params.get("level") if isinstance(params, dict) else None
                 if session is not None and level in LOG_LEVELS:
                     session.log_level = level  # the child hears it in the _meta of the session's requests
                 return result_reply(message, {})
@@ -3960,10 +3961,7 @@ class Router:
                                            "child can answer it" if not runtime.is_private else
                                            "its session's client did not declare that capability or is gone")
             return
-        relay_id = "hmg-%d" % next(self._relay_ids)
-        with self._lock:
-            self._relayed[relay_id] = RelayedRequest(child, message["id"], session,
-                                                     now() + self._config.request_timeout_ms / 1000.0)
+        relay_id = self._relay(RelayedRequest(child, message["id"], session, self._relay_expiry()))
         forwarded = dict(message, id=relay_id)
         if call is not None:
             call.answers.put(Interim(forwarded))  # rides on the call's own stream
@@ -3995,11 +3993,17 @@ class Router:
             raise _modern_error(MCP_MISSING_CLIENT_CAPABILITY, "the server asks its client for %s, which this "
                                 "client %s" % (method, "cannot give without a session" if session is None else
                                                "did not declare"), {"requiredCapabilities": {needed or method: {}}})
+        return self._relay(RelayedRequest(None, key, session, self._relay_expiry(), sink))
+
+    def _relay(self, relay):
+        """Registers a request on its way to a client; returns the id it goes under."""
         relay_id = "hmg-%d" % next(self._relay_ids)
         with self._lock:
-            self._relayed[relay_id] = RelayedRequest(None, key, session,
-                                                     now() + self._config.request_timeout_ms / 1000.0, sink)
+            self._relayed[relay_id] = relay
         return relay_id
+
+    def _relay_expiry(self):
+        return now() + self._config.request_timeout_ms / 1000.0
 
     def refuse_relay(self, relay_id, reason):
         """Answers a child's request, already relayed under `relay_id`, with an error instead of a client."""
@@ -5117,7 +5121,7 @@ class HttpFront:
     def _serve_modern(self, conn, request, runtime, message, version):
         """A request of revision 2026-07-28: no session; the child is the shared one; what the child asks its
         client during a call is returned as an input_required result (multi round-trip requests)."""
-        if classify(message)[0] == NOTIFICATION:
+        if "id" not in message:  # a notification: request_era let through only valid requests and notifications
             conn.send(202)  # this revision has no client notification for a child (the stream's end cancels)
             return 202
         check_modern_headers(message, request.headers)
@@ -5163,17 +5167,15 @@ class HttpFront:
         answered = False  # the child answered, or waits parked for the caller's retry
         try:
             answer = self._await_modern(conn, request, ticket, message, pending, deadline)
-            answered = answer is not None
             if answer is None:  # the child waits for what it asked: the client answers on its retry
-                state = self.router.park(ticket, pending, message)
-                answered = True
                 answer = result_reply(message, {"resultType": "input_required", "inputRequests": pending,
-                                                "requestState": state})
+                                                "requestState": self.router.park(ticket, pending, message)})
             elif runtime.era == LEGACY:
                 answer = modern_answer(message["method"], answer, runtime.init_result.get("serverInfo"))
             elif message["method"] == "server/discover" and isinstance(answer.get("result"), dict):
                 # what this endpoint serves: the child's revision, and the handshake ones by translation
                 answer = dict(answer, result=dict(answer["result"], supportedVersions=list(ALL_PROTOCOL_VERSIONS)))
+            answered = True
             if conn.streamed:
                 conn.send_event(json_bytes(answer))
                 conn.end_stream()
@@ -5186,6 +5188,7 @@ class HttpFront:
             if not answered:  # the caller went away (a closed stream cancels, in this revision)
                 ticket.finish("client_gone")
                 ticket.child.cancel_call(ticket.gateway_id, "its client went away")
+
     def _await_modern(self, conn, request, ticket, message, pending, deadline):
         """The child's answer to a modern call, its progress streamed on the way; None when the child is waiting
         for the caller's input instead, with its requests gathered into `pending` (input key -> request)."""
