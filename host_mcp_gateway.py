@@ -1358,6 +1358,13 @@ def mrtr_target(message):
     return value if isinstance(value, str) else None
 
 
+def listenable(capabilities):
+    """The list-change fields of a subscriptions/listen filter a server with these capabilities can honour,
+    each with the notification it stands for."""
+    return {field: "notifications/%s/list_changed" % kind for field, kind in LISTEN_FIELDS
+            if isinstance(capabilities.get(kind), dict) and capabilities[kind].get("listChanged")}
+
+
 def subscription_filter(subscription_id, methods):
     """What a subscriptions/listen stream hears: the notifications it opted in to, each tagged with the listen
     request's id (its subscription id); None for anything else."""
@@ -3294,7 +3301,7 @@ class Ticket:
                 timeout = deadline - now() if tick is None else min(tick, deadline - now())
                 retry = self.bridge.collect(timeout)
                 if retry is not None:
-                    self.gateway_id, self.call = self.child.begin_call(retry, self.call.session)
+                    self._resend(retry)
                 elif now() >= deadline:
                     raise GatewayError("the client did not answer the server's requests in time", 504, "timeout",
                                        JSONRPC_REQUEST_TIMEOUT, server_id=self.child.server_id)
@@ -3310,7 +3317,11 @@ class Ticket:
             if requests:
                 self._outbox.extend(requests)
             else:  # nothing for the client (a requestState alone, or roots the gateway gave): again at once
-                self.gateway_id, self.call = self.child.begin_call(self.bridge.retry(), self.call.session)
+                self._resend(self.bridge.retry())
+
+    def _resend(self, message):
+        """The child's request again, with the client's answers: a new call that the ticket follows from now."""
+        self.gateway_id, self.call = self.child.begin_call(message, self.call.session)
 
     def wait(self, deadline):
         """The final response; messages that come first go to the session's event stream (or are dropped when
@@ -3681,10 +3692,10 @@ class Router:
         wanted = wanted if isinstance(wanted, dict) else {}
         capabilities = runtime.init_result.get("capabilities") or {}
         honoured, methods = {}, set()
-        for field, kind in LISTEN_FIELDS:
-            if wanted.get(field) is True and (capabilities.get(kind) or {}).get("listChanged"):
+        for field, method in listenable(capabilities).items():
+            if wanted.get(field) is True:
                 honoured[field] = True
-                methods.add(LIST_CHANGED[kind])
+                methods.add(method)
         uris = wanted.get("resourceSubscriptions")
         if isinstance(uris, list) and (capabilities.get("resources") or {}).get("subscribe"):
             honoured["resourceSubscriptions"] = [uri for uri in uris if isinstance(uri, str)]
@@ -3910,7 +3921,7 @@ class Router:
         if child is None or runtime.era != MODERN:
             return
         capabilities = runtime.init_result.get("capabilities") or {}
-        wanted = {field: True for field, kind in LISTEN_FIELDS if (capabilities.get(kind) or {}).get("listChanged")}
+        wanted = {field: True for field in listenable(capabilities)}
         with self._lock:
             uris = sorted(uri for (owner, uri) in self._subscribers if owner is runtime)
             runtime.feed_generation += 1  # refreshes may race (a subscribe, a restart): the last one wins
