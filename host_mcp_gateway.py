@@ -644,8 +644,9 @@ SERVER_FIELDS = {
                        "`shared`: one child for all clients; `session`: a child of its own per MCP session"),
     "max_children": Field(8, _check_positive_int, "with isolation `session`: most children running at once"),
     "child_protocol": Field("auto", _one_of(CHILD_PROTOCOLS),
-                            "`auto`: ask it `server/discover` first and speak revision 2026-07-28 when it answers; "
-                            "`legacy`: always the initialize handshake; `modern`: always 2026-07-28"),
+                            "`auto`: ask it `server/discover` first and speak revision 2026-07-28 when it answers "
+                            "(a dual-era child gets a handshake twin for handshake-era sessions); `legacy`: always "
+                            "the initialize handshake; `modern`: always 2026-07-28"),
     "roots": Field(None, _check_roots,
                    "what the child's `roots/list` gets: unset = no roots; a list of folders the gateway "
                    "answers with; `\"client\"` = the client of the call in flight"),
@@ -685,6 +686,10 @@ class ServerSpec:
         self.max_children = values["max_children"]
         self.roots = values["roots"]
         self.child_protocol = values["child_protocol"]
+
+    def held_to_handshake(self):
+        """This server as its handshake twin runs it: the same command, spoken to in the handshake era."""
+        return ServerSpec(dict(vars(self), child_protocol="legacy"))
 
     @property
     def fixed_roots(self):
@@ -2678,6 +2683,8 @@ class ServerRuntime:
         self.handshake_params = handshake_params  # a client's own initialize params, for a per-session child
         self._cond = threading.Condition()  # guards every field below and wakes callers waiting for readiness
         self.private = {}  # session id -> ServerRuntime of that session's own child (isolation "session")
+        self.twin = None  # the handshake twin of a dual-era child, once a handshake-era session needed it
+        self._twin_unusable = None  # why this server's child can have no twin (it refused the handshake)
         self.state = "stopped"
         self.child = None  # the ChildProcess while ready
         self.init_result = None  # the child's initialize result, kept for clients' own initialize
@@ -2726,15 +2733,46 @@ class ServerRuntime:
         with self._cond:
             self.private.pop(session_id, None)
 
+    def handshake_twin(self):
+        """For handshake-era sessions of a child the gateway speaks to in revision 2026-07-28 (child_protocol
+        auto): a second process of the same server, held to the handshake, so that those clients meet the server
+        they were written for (a dual-era server's tools that ask their client directly work on that era only).
+        Started on first need; None when this server has none (the child speaks only the new revision)."""
+        with self._cond:
+            if (self.spec.child_protocol != "auto" or self.era != MODERN or self.is_private or
+                    self._twin_unusable or self._stop.is_set()):
+                return None
+            if self.twin is None:
+                self.twin = ServerRuntime(self.spec.held_to_handshake(), self._config, self._log, self._telemetry,
+                                          self._on_unsolicited, self._on_ready, state_file=self.state_file)
+            twin = self.twin
+        twin.start()
+        return twin
+
+    def drop_twin(self, why):
+        """The twin could not start: this server's child speaks only the new revision (or will not run twice);
+        its handshake-era sessions are translated, as for a 2026-only child."""
+        with self._cond:
+            twin, self.twin, self._twin_unusable = self.twin, None, why
+        if twin is not None:
+            twin.request_stop("it could not speak the handshake")
+            self._log.info("handshake_twin_unavailable", server_id=self.server_id, reason=why)
+
     def request_stop(self, reason="the gateway is stopping"):
         self._stop_reason = self._stop_reason or reason
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
+            twin = self.twin
+        if twin is not None:
+            twin.request_stop(reason)
 
     def join(self, timeout):
+        deadline = now() + timeout
         if self._thread is not None:
             self._thread.join(timeout)
+        if self.twin is not None:
+            self.twin.join(max(0.0, deadline - now()))
 
     def ready_child(self, deadline):
         """The ready child, waiting for a start or a restart within the caller's deadline. A server that has not
@@ -2911,6 +2949,10 @@ class ServerRuntime:
                 "protocol_era": self.era,
                 "capabilities": sorted((info.get("capabilities") or {}).keys()),
             }
+            twin = self.twin
+        if twin is not None:
+            described["handshake_twin"] = {key: value for key, value in twin.describe().items()
+                                           if key not in ("server_id", "autostart", "restart_policy")}
         return described
 
 
@@ -3386,7 +3428,7 @@ class Router:
     def close_sessions(self, sessions, reason):
         """Ends these sessions; their own children (isolation "session") all stop at once, not one after another."""
         for session in sessions:
-            if session.runtime is not session.parent:
+            if session.runtime.is_private:
                 session.runtime.request_stop(reason)
         for session in sessions:
             self.close_session(session, reason)
@@ -3716,20 +3758,21 @@ class Router:
         received = now()
         params = message.get("params") if isinstance(message.get("params"), dict) else {}
         session_id = secrets.token_urlsafe(24)
-        target = runtime
         if runtime.spec.isolation == "session":
             target = ServerRuntime(runtime.spec, self._config, self._log, self._telemetry, self.on_child_message,
                                    self.on_child_ready, handshake_params=params)
+        else:
+            target = self._handshake_child(runtime, deadline)
         session = Session(session_id, target, runtime, params)
-        self._admit(session)  # counted before any child starts: a full gateway starts none
+        self._admit(session)  # counted before any per-session child starts: a full gateway starts none
         try:
-            if target is not runtime:
+            if target.is_private:
                 runtime.adopt(session_id, target)
             target.ready_child(deadline)
         except GatewayError:
             self.close_session(session, "its server did not start")
             raise
-        if target is runtime or target.era == MODERN:  # a modern child's result is the gateway's to negotiate
+        if not target.is_private or target.era == MODERN:  # a shared or modern child: the gateway negotiates
             reply = self.initialize_reply(target, message)
         else:
             reply = result_reply(message, target.init_result)
@@ -3738,6 +3781,23 @@ class Router:
         self._log.info("session_opened", server_id=runtime.server_id, session=session.label,
                        protocol_version=session.protocol_version, client_info=params.get("clientInfo"))
         return session, reply
+
+    @staticmethod
+    def _handshake_child(runtime, deadline):
+        """Where a new handshake-era session of a shared server goes: its handshake twin when its child is
+        dual-era and spoken to in the new revision, else the shared child itself."""
+        runtime.ready_child(deadline)
+        twin = runtime.handshake_twin()
+        if twin is None:
+            return runtime
+        try:
+            twin.ready_child(deadline)
+        except GatewayError as e:
+            if e.error_code == "timeout":
+                raise
+            runtime.drop_twin(e.message)
+            return runtime
+        return twin
 
     def open_stream_session(self, runtime, protocol_version):
         """A session opened by a GET without one (the original daemon's contract): no client capabilities. Never
@@ -3756,7 +3816,7 @@ class Router:
         every candidate has a call in flight or an open stream."""
         parent = session.parent
         for _ in range(ADMIT_ATTEMPTS):
-            if session.runtime is not parent and len(parent.private) >= parent.spec.max_children:
+            if session.runtime.is_private and len(parent.private) >= parent.spec.max_children:
                 self._evict([s for s in self.sessions.all() if s.parent is parent], "max_children", GatewayError(
                     "server %s already runs %d per-session children (max_children), each with a call in flight "
                     "or an open stream" % (parent.server_id, parent.spec.max_children), 503,
@@ -3806,7 +3866,7 @@ class Router:
             described["children"] = [
                 dict(session.runtime.describe(), session=session.label, session_age_s=view["age_s"],
                      session_idle_s=view["idle_s"])
-                for session, view in zip(sessions, described["sessions"]) if session.runtime is not runtime]
+                for session, view in zip(sessions, described["sessions"]) if session.runtime.is_private]
         return described
 
     def close_session(self, session, reason):
@@ -3831,7 +3891,7 @@ class Router:
         if child is not None:
             for uri in unwatched:
                 child.send_request("resources/unsubscribe", {"uri": uri})
-        if session.runtime is not session.parent:
+        if session.runtime.is_private:
             session.parent.release(session.id)
             session.runtime.request_stop()
             session.runtime.join(timeout=CHILD_STOP_GRACE_S * 2 + 1)
@@ -5440,7 +5500,8 @@ class Gateway:
         """Calls each server's children are working on, for the host_mcp_gateway.calls.in_flight gauge."""
         points = []
         for server_id, runtime in self.runtimes.items():
-            children = [runtime.child] + [private.child for private in list(runtime.private.values())]
+            children = [runtime.child, runtime.twin and runtime.twin.child] + [
+                private.child for private in list(runtime.private.values())]
             count = sum(len(child.calls_in_flight()) for child in children if child is not None)
             points.append(((("host_mcp_gateway.server_id", server_id),), count))
         return points

@@ -2856,7 +2856,8 @@ class ModernClientTest(unittest.TestCase):
 
 class ModernChildTest(unittest.TestCase):
     """Children that speak revision 2026-07-28 (the fake server's --era modern and dual), with clients of both
-    eras: handshake-era sessions are translated, modern clients pass through with ids remapped."""
+    eras: handshake-era sessions meet a dual-era server's handshake twin, or are translated for a 2026-only one;
+    modern clients pass through with ids remapped."""
 
     @classmethod
     def setUpClass(cls):
@@ -2884,7 +2885,7 @@ class ModernChildTest(unittest.TestCase):
         self.assertIn("child_protocol modern", failed["last_error"])
 
     def test_a_handshake_era_session_on_a_modern_child(self):
-        client = McpClient(self.gateway, "dual", capabilities={"elicitation": {}})
+        client = McpClient(self.gateway, "modern", capabilities={"elicitation": {}})
         self.assertEqual((client.initialize_result["protocolVersion"], client.initialize_result["serverInfo"]["name"]),
                          ("2025-06-18", "fake"))
         result = client.call("add", a=1, b=2)
@@ -2900,7 +2901,7 @@ class ModernChildTest(unittest.TestCase):
         self.assertEqual(self.child_meta(client)["io.modelcontextprotocol/logLevel"], "debug")
 
     def test_input_required_becomes_a_real_request_to_the_session(self):
-        client = McpClient(self.gateway, "dual", capabilities={"elicitation": {}})
+        client = McpClient(self.gateway, "modern", capabilities={"elicitation": {}})
         request, answer = answer_child_request(client, tool_call("ask", 4, method="elicitation/create",
                                                                  params={"message": "name?"}),
                                                {"action": "accept", "content": {"name": "Ada"}})
@@ -2908,7 +2909,7 @@ class ModernChildTest(unittest.TestCase):
         self.assertTrue(request["id"].startswith("hmg-"))
         self.assertEqual((answer["id"], answer["result"]["structuredContent"]["response"]["result"]),
                          (4, {"action": "accept", "content": {"name": "Ada"}}))
-        without = McpClient(self.gateway, "dual")
+        without = McpClient(self.gateway, "modern")
         status, _, messages = without.post(tool_call("ask", 5, method="elicitation/create"))
         self.assertEqual((status, messages[0]["error"]["code"]), (400, -32021))
         rooted = McpClient(self.gateway, "rooted")  # declares no roots: the server's own list is the answer
@@ -2917,6 +2918,36 @@ class ModernChildTest(unittest.TestCase):
         self.assertEqual(messages[0]["result"]["structuredContent"]["response"]["result"],
                          {"roots": [{"uri": "file:///srv", "name": "srv"}]})
         self.assertEqual(self.child_meta(rooted)["io.modelcontextprotocol/clientCapabilities"], {"roots": {}})
+
+    def test_a_dual_era_child_meets_handshake_sessions_with_its_handshake_twin(self):
+        primary_pid = self.gateway.wait_state("dual", "ready")["pid"]
+        client = McpClient(self.gateway, "dual", capabilities={"elicitation": {}})
+        self.assertIsNone(client.call("received")["structuredContent"]["meta"])  # no envelope: the handshake
+        request, answer = answer_child_request(client, tool_call("ask", 4, method="elicitation/create",
+                                                                 params={"message": "name?"}),
+                                               {"action": "accept", "content": {"name": "Ada"}})
+        self.assertEqual(answer["result"]["structuredContent"]["response"]["result"]["content"], {"name": "Ada"})
+        second = McpClient(self.gateway, "dual")
+        self.assertEqual(second.call("pid")["structuredContent"]["pid"], client.call("pid")["structuredContent"]["pid"])
+        twin = self.gateway.servers()["dual"]["handshake_twin"]
+        self.assertEqual((twin["state"], twin["protocol_era"]), ("ready", "legacy"))
+        self.assertNotIn(twin["pid"], (None, primary_pid))
+        post = ModernClientTest.post  # modern clients keep the modern child
+        status, (reply,) = post(self, *modern("tools/call", {"name": "pid", "arguments": {}}, 1), server_id="dual")
+        self.assertEqual(reply["result"]["structuredContent"]["pid"], primary_pid)
+
+    def test_a_2026_only_child_is_tried_for_a_twin_once(self):
+        def starts():
+            return len([r for r in self.gateway.logs if r.get("event") == "child_started" and
+                        r.get("server_id") == "modern"])
+        McpClient(self.gateway, "modern").call("add", a=1, b=1)
+        refused = self.gateway.wait_log(lambda r: r.get("event") == "handshake_twin_unavailable" and
+                                        r.get("server_id") == "modern", what="the twin to be given up")
+        self.assertIn("-32022", refused["reason"])
+        started = starts()
+        self.assertEqual(McpClient(self.gateway, "modern").call("add", a=1, b=1)["structuredContent"], {"sum": 2})
+        self.assertEqual(starts(), started)
+        self.assertNotIn("handshake_twin", self.gateway.servers()["modern"])
 
     def test_session_streams_and_subscriptions_are_fed_by_one_listen(self):
         client, other = McpClient(self.gateway, "modern"), McpClient(self.gateway, "modern")

@@ -611,12 +611,18 @@ class SdkHandshakeChildEnvelopeTest(unittest.TestCase):
 @needs_conformance_2026
 class SdkModernChildTest(unittest.TestCase):
     """A child of revision 2026-07-28 (the TypeScript SDK v2's conformance fixture, which answers the gateway's
-    server/discover) and a handshake-era client: the input_required results of its multi-round-trip tools reach
-    the client as real elicitation, sampling and roots requests (`roots` "client"), and the gateway retries the
-    call with the answers."""
+    server/discover) and a handshake-era client: held to the new revision (child_protocol "modern"), the
+    input_required results of its multi-round-trip tools reach the client as real elicitation, sampling and roots
+    requests (`roots` "client"), and the gateway retries the call with the answers; in "auto" the same client
+    meets the fixture's handshake twin, whose SDK sends those requests itself. The client sees no difference."""
 
     def test_input_required_becomes_requests_to_a_handshake_client(self):
-        gateway = Gateway(self, [conformance_v2_server()])
+        for child_protocol in ("modern", "auto"):
+            with self.subTest(child_protocol=child_protocol):
+                self.check_handshake_client(child_protocol)
+
+    def check_handshake_client(self, child_protocol):
+        gateway = Gateway(self, [dict(conformance_v2_server(), child_protocol=child_protocol)])
         self.assertEqual(gateway.servers()["conformance-v2"]["protocol_era"], "modern")
         client_side, traffic = ClientSide("handshake"), Traffic()
 
@@ -629,8 +635,11 @@ class SdkModernChildTest(unittest.TestCase):
         self.assertEqual(sampled, "Sampling response: " + client_side.sampled)
         self.assertEqual(rooted, "Client exposed 1 root(s): " + ClientSide.ROOT)
         self.assertEqual(client_side.asked, ["elicitation/create", "sampling/createMessage", "roots/list"])
-        self.assertEqual(traffic.retried, [])  # the gateway retried, not the client
+        self.assertEqual(traffic.retried, [])  # the gateway (or the twin's SDK) retried, not the client
         self.assertEqual(traffic.rpc_methods[0], "initialize")
+        twin = gateway.servers()["conformance-v2"].get("handshake_twin")
+        self.assertEqual(twin and (twin["state"], twin["protocol_era"]),
+                         ("ready", "legacy") if child_protocol == "auto" else None)
 
 
 @needs_sdk
@@ -965,9 +974,10 @@ class Conformance2026Test(unittest.TestCase):
     """The suite's release for revision 2026-07-28 (0.2.0-alpha.12) against the TypeScript SDK v2's conformance
     fixture behind the gateway, a dual-era stdio server, in each of the gateway's two ways of speaking to it:
     with the handshake (child_protocol "legacy"), so the gateway translates 2026-07-28 clients' requests for it;
-    and as a child of revision 2026-07-28 (the default, "auto": it answers server/discover, so it is one), so the
-    gateway translates for handshake-era clients instead. Each time it runs the scenarios revision 2026-07-28
-    requires, then those 2025-11-25 requires (--requirements), against one gateway and one child."""
+    and as a child of revision 2026-07-28 (the default, "auto": it answers server/discover, so it is one), where
+    handshake-era clients meet its handshake twin, a second process the gateway initializes for them. Each time
+    it runs the scenarios revision 2026-07-28 requires, then those 2025-11-25 requires (--requirements), against
+    one gateway."""
 
     LEGACY_2025 = "2025-11-25"
     KNOWN_FAILURES = {
@@ -978,17 +988,7 @@ class Conformance2026Test(unittest.TestCase):
             'sep-2322-elicitation-incomplete: inputRequests missing expected key "user_name"']},
         ("legacy", LEGACY_2025): {},
         ("auto", MODERN): {},
-        # The fixture's tools for these send elicitation/create or sampling/createMessage requests of their own
-        # during the call, which its SDK refuses in a process of the 2026-07-28 era ("not supported by the
-        # negotiated protocol version"): nothing reaches the gateway to pass on. (Its input_required tools do
-        # reach handshake-era clients, as real requests: SdkModernChildTest.)
-        ("auto", LEGACY_2025): {
-            "elicitation-sep1034-defaults": [
-                "elicitation-sep1034-general: Server did not request elicitation from client"],
-            "elicitation-sep1330-enums": [
-                "elicitation-sep1330-general: Server did not request elicitation from client"],
-            "tools-call-elicitation": ["tools-call-elicitation: Server did not request elicitation from client"],
-            "tools-call-sampling": ["tools-call-sampling: Server did not request sampling from client"]},
+        ("auto", LEGACY_2025): {},  # handshake-era clients meet the fixture's handshake twin
     }
     PENDING_2026 = {"http-header-validation", "http-custom-header-server-validation", "json-schema-2020-12"}
     REQUIRED = {MODERN: 37, LEGACY_2025: 30}  # scenarios each revision requires, per the suite's own count
