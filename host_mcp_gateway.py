@@ -1299,11 +1299,14 @@ def modern_result(method, result, server_info):
     _meta and, where the caching page requires them, caching hints: immediately stale and private, since the
     gateway cannot know how long a child's answer holds or whether it depends on the caller."""
     result = dict(result)
-    result.setdefault("resultType", "complete")
-    meta = result.get("_meta") if isinstance(result.get("_meta"), dict) else {}
-    if server_info is not None and META_SERVER_INFO not in meta:
-        result["_meta"] = dict(meta, **{META_SERVER_INFO: server_info})
-    if method in CACHEABLE_METHODS and result["resultType"] == "complete":
+    result_type = result.setdefault("resultType", "complete")
+    if server_info is not None:
+        meta = result.get("_meta")
+        if not isinstance(meta, dict):
+            result["_meta"] = {META_SERVER_INFO: server_info}
+        elif META_SERVER_INFO not in meta:
+            result["_meta"] = dict(meta, **{META_SERVER_INFO: server_info})
+    if result_type == "complete" and method in CACHEABLE_METHODS:
         result.setdefault("ttlMs", 0)
         result.setdefault("cacheScope", "private")
     return result
@@ -1411,14 +1414,25 @@ def modern_envelope(message, capabilities, client_info=None, log_level=None):
 def without_claim(message):
     """A modern request as a handshake-era child takes it: its _meta without the revision claim, the key that
     marks a request of the modern era, which some such servers refuse on a handshake connection (the Python
-    SDK's). The other reserved keys (the client's capabilities, identity, log level) stay: news to a child
-    that reads them per request (the TypeScript SDK's), and nothing to one that does not."""
-    params = message.get("params") if isinstance(message.get("params"), dict) else None
-    meta = params.get("_meta") if params is not None and isinstance(params.get("_meta"), dict) else None
-    if meta is None or META_PROTOCOL_VERSION not in meta:
+    SDK's), and without `inputResponses` (a retry's answers are the gateway's to deliver). The other reserved
+    keys (the client's capabilities, identity, log level) stay: news to a child that reads them per request
+    (the TypeScript SDK's), and nothing to one that does not."""
+    params = message.get("params")
+    if not isinstance(params, dict):
         return message
-    kept = {key: value for key, value in meta.items() if key != META_PROTOCOL_VERSION}
-    params = dict(params, _meta=kept) if kept else {key: value for key, value in params.items() if key != "_meta"}
+    meta = params.get("_meta")
+    claimed = isinstance(meta, dict) and META_PROTOCOL_VERSION in meta
+    if not claimed and "inputResponses" not in params:
+        return message
+    params = dict(params)
+    params.pop("inputResponses", None)
+    if claimed:
+        meta = dict(meta)
+        del meta[META_PROTOCOL_VERSION]
+        if meta:
+            params["_meta"] = meta
+        else:
+            del params["_meta"]
     return dict(message, params=params)
 
 
@@ -3713,7 +3727,7 @@ class Router:
                 if not isinstance(cursor, str):
                     break
             runtime.header_params = declarations
-        return declarations.get(name, ())
+        return declarations.get(name, ()) if isinstance(name, str) else ()
 
     def _expire_parked(self):
         """Calls whose client never came back: cancelled at the child, their requests answered with an error."""
@@ -4164,19 +4178,20 @@ def parse_head(head):
     if version not in ((1, 0), (1, 1)):
         raise GatewayError("HTTP/%d.%d is not supported; use HTTP/1.1" % version, 505,
                            "http_version_not_supported", close=True)
-    lines = header_block.split(b"\r\n") if header_block else []
-    if len(lines) > MAX_HEADER_COUNT:
+    if header_block and header_block.count(b"\r\n") >= MAX_HEADER_COUNT:
         raise GatewayError("more than %d header lines" % MAX_HEADER_COUNT, 431, "headers_too_large", close=True)
     if header_block and not _HEADER_BLOCK_RE.fullmatch(header_block):
         raise bad_request("malformed header line", close=True)
     headers, lengths = {}, []
-    for line in lines:
-        name, _, value = line.partition(b":")
-        name, value = name.decode("ascii").lower(), value.strip(b" \t").decode("latin-1")
+    for line in header_block.decode("latin-1").split("\r\n") if header_block else ():  # names: ASCII (above)
+        name, _, value = line.partition(":")
+        name, value = name.lower(), value.strip(" \t")
         if name == "content-length":
             lengths.extend(part.strip() for part in value.split(","))
+        elif name in headers:
+            headers[name] += ", " + value
         else:
-            headers[name] = headers[name] + ", " + value if name in headers else value
+            headers[name] = value
     if "transfer-encoding" in headers:
         raise GatewayError("Transfer-Encoding request bodies are not supported; send Content-Length", 411,
                            "length_required", close=True)
@@ -5196,7 +5211,7 @@ class HttpFront:
             conn.send(202)  # this revision has no client notification for a child (the stream's end cancels)
             return 202
         check_modern_headers(message, request.headers)
-        method = message["method"]
+        method, params = message["method"], message["params"]  # request_era: a modern request's hold its _meta
         if method in REMOVED_IN_MODERN:
             raise _modern_error(JSONRPC_METHOD_NOT_FOUND, "method not found: %s (revision %s removed it)" % (
                 method, version), http_status=404)
@@ -5204,16 +5219,17 @@ class HttpFront:
             raise GatewayError("server %s gives each session a child of its own, and revision %s has no "
                                "sessions: connect with a handshake-era revision" % (runtime.server_id, version),
                                400, "session_required", JSONRPC_INVALID_REQUEST)
-        caller = ModernCaller(request_meta(message), version)
+        caller = ModernCaller(params["_meta"], version)
         deadline = self.deadline()
         runtime.ready_child(deadline)
-        params = message.get("params") if isinstance(message.get("params"), dict) else {}
         if method == "tools/call":  # stdio has no headers: the gateway is the one to check them
-            arguments = params.get("arguments") if isinstance(params.get("arguments"), dict) else {}
-            problem = param_header_problem(self.router.tool_header_params(runtime, mrtr_target(message), deadline),
-                                           arguments, request.headers)
-            if problem:
-                raise _mismatch(problem)
+            declarations = self.router.tool_header_params(runtime, params.get("name"), deadline)
+            if declarations:
+                arguments = params.get("arguments")
+                problem = param_header_problem(declarations, arguments if isinstance(arguments, dict) else {},
+                                               request.headers)
+                if problem:
+                    raise _mismatch(problem)
         if runtime.era == MODERN:  # both ends speak the revision: the gateway only remaps ids
             if method == "subscriptions/listen":
                 deadline = now() + LISTEN_DEADLINE_S
@@ -5227,9 +5243,7 @@ class HttpFront:
         if "requestState" in params:
             ticket, pending = self.router.resume(message, caller)
         else:
-            forwarded = dict(message, params={k: v for k, v in params.items() if k != "inputResponses"}) \
-                if "inputResponses" in params else message
-            ticket = self.router.forward_request(runtime, without_claim(forwarded), deadline, caller)
+            ticket = self.router.forward_request(runtime, without_claim(message), deadline, caller)
         return self._answer_modern(conn, request, runtime, message, ticket, pending, deadline)
 
     def _answer_modern(self, conn, request, runtime, message, ticket, pending, deadline):
@@ -5251,8 +5265,8 @@ class HttpFront:
                 conn.send_event(json_bytes(answer))
                 conn.end_stream()
                 return 200
-            error = answer.get("error") if isinstance(answer.get("error"), dict) else {}
-            status = MODERN_ERROR_STATUS.get(error.get("code"), 200)
+            error = answer.get("error")
+            status = MODERN_ERROR_STATUS.get(error.get("code"), 200) if isinstance(error, dict) else 200
             conn.send_json(status, answer)
             return status
         finally:

@@ -2688,7 +2688,9 @@ class EraUnitTest(unittest.TestCase):
         cases = [(rpc("x", {"a": 1, "_meta": dict(MODERN_META, traceparent="t")}),
                   rpc("x", {"a": 1, "_meta": dict(rest, traceparent="t")})),
                  (rpc("x", {"a": 1, "_meta": claim}), rpc("x", {"a": 1})), (rpc("x"), rpc("x")),
-                 (rpc("x", {"_meta": {"progressToken": 1}}), rpc("x", {"_meta": {"progressToken": 1}}))]
+                 (rpc("x", {"_meta": {"progressToken": 1}}), rpc("x", {"_meta": {"progressToken": 1}})),
+                 (rpc("x", {"a": 1, "inputResponses": {"k": {}}, "_meta": claim}), rpc("x", {"a": 1})),
+                 (rpc("x", {"inputResponses": None}), rpc("x", {}))]
         for message, expected in cases:
             with self.subTest(message=message):
                 self.assertEqual(gw.without_claim(message), expected)
