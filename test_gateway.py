@@ -2938,6 +2938,16 @@ class ModernChildTest(unittest.TestCase):
         status, (reply,) = post(self, *modern("tools/call", {"name": "pid", "arguments": {}}, 1), server_id="dual")
         self.assertEqual(reply["result"]["structuredContent"]["pid"], primary_pid)
 
+    def test_a_twin_stops_with_the_gateway(self):
+        gateway = GatewayProcess(self, base_config([fake_server("dual", "--era", "dual")]))
+        client = McpClient(gateway, "dual")
+        twin_pid = client.call("pid")["structuredContent"]["pid"]
+        primary_pid = gateway.wait_state("dual", "ready")["pid"]
+        self.assertNotEqual(twin_pid, primary_pid)
+        self.assertEqual(gateway.stop(), 0)
+        for pid in (twin_pid, primary_pid):
+            wait_for(lambda: process_gone(pid), what="child %d to be gone" % pid)
+
     def test_a_2026_only_child_is_tried_for_a_twin_once(self):
         def starts():
             return len([r for r in self.gateway.logs if r.get("event") == "child_started" and
