@@ -2945,8 +2945,7 @@ class ModernChildTest(unittest.TestCase):
         primary_pid = gateway.wait_state("dual", "ready")["pid"]
         self.assertNotEqual(twin_pid, primary_pid)
         self.assertEqual(gateway.stop(), 0)
-        for pid in (twin_pid, primary_pid):
-            wait_for(lambda: process_gone(pid), what="child %d to be gone" % pid)
+        wait_for(lambda: process_gone(twin_pid) and process_gone(primary_pid), what="both children to be gone")
 
     def test_a_2026_only_child_is_tried_for_a_twin_once(self):
         def starts():
