@@ -102,6 +102,7 @@ CHILD_EXIT_SETTLE_S = 1.0  # after stdout closes, how long a child gets to exit 
 MAX_BACKOFF_S = 60.0  # restart backoff doubles up to this
 MIN_LOOP_DELAY_S = 0.1  # even with restart_backoff_ms 0, a crash loop never spins the CPU
 LISTEN_DEADLINE_S = 365 * 86400.0  # a modern child's own subscriptions/listen lasts as long as its client stays
+REQUEST_CHILD_PREFIX = "request:"  # of the key a modern request's own child is held under (no session id has ":")
 PROBE_TIMEOUT_S = 5.0  # child_protocol auto: a child silent this long on server/discover speaks the handshake
 STABLE_AFTER_S = 30.0  # a child ready this long has recovered: the next failure starts the backoff over
 SHUTDOWN_GRACE_S = 1.5  # in-flight requests get this long to finish on SIGTERM
@@ -641,7 +642,8 @@ SERVER_FIELDS = {
     "startup_timeout_ms": Field(0, _check_non_negative_int,
                                 "time for it to answer the gateway's initialize; 0 = request_timeout_ms"),
     "isolation": Field("shared", _one_of(ISOLATION_MODES),
-                       "`shared`: one child for all clients; `session`: a child of its own per MCP session"),
+                       "`shared`: one child for all clients; `session`: a child of its own per MCP session (and "
+                       "per revision 2026-07-28 request)"),
     "max_children": Field(8, _check_positive_int, "with isolation `session`: most children running at once"),
     "child_protocol": Field("auto", _one_of(CHILD_PROTOCOLS),
                             "`auto`: ask it `server/discover` first and speak revision 2026-07-28 when it answers "
@@ -1329,6 +1331,22 @@ class RequestStateCodec:
 
     def decode(self, state, method, target):
         """The handle in `state`; raises GatewayError -32602 (HTTP 400) when it cannot be trusted."""
+        handle, state_method, state_target, expires = json_loads(self._signed_payload(state))
+        if (state_method, state_target) != (method, target):
+            raise self._refused("it belongs to another request")
+        if self._clock() > expires:
+            raise self._refused("it has expired")
+        return handle
+
+    def issued(self, state):
+        """Whether this process signed `state` (it may still have expired or name another request)."""
+        try:
+            self._signed_payload(state)
+        except GatewayError:
+            return False
+        return True
+
+    def _signed_payload(self, state):
         try:
             payload_text, signature_text = state.split(".")
             payload, signature = self._unb64(payload_text), self._unb64(signature_text)
@@ -1336,12 +1354,7 @@ class RequestStateCodec:
             raise self._refused("it is not one the gateway issued") from None
         if not hmac.compare_digest(signature, self._sign(payload)):
             raise self._refused("it fails its integrity check")
-        handle, state_method, state_target, expires = json_loads(payload)
-        if (state_method, state_target) != (method, target):
-            raise self._refused("it belongs to another request")
-        if self._clock() > expires:
-            raise self._refused("it has expired")
-        return handle
+        return payload
 
     def _sign(self, payload):
         return hmac.new(self._key, payload, hashlib.sha256).digest()[:self.SIGNATURE_BYTES]
@@ -2067,6 +2080,13 @@ GATEWAY_CLIENT_INFO = {"name": "host-mcp-gateway", "version": VERSION}
 GATEWAY_CLIENT_CAPABILITIES = {"sampling": {}, "elicitation": {}}
 
 
+def request_client_params(meta):
+    """A modern request's _meta as the initialize params of a child of its own (isolation "session")."""
+    info = meta.get(META_CLIENT_INFO)
+    return {"protocolVersion": HANDSHAKE_PROTOCOL_VERSION, "capabilities": meta[META_CLIENT_CAPABILITIES],
+            "clientInfo": info if isinstance(info, dict) else GATEWAY_CLIENT_INFO}
+
+
 def child_handshake_params(spec, client_params=None):
     """The initialize params a child gets: the gateway's own for a shared child, its client's for a per-session
     one. With fixed roots the gateway answers roots/list itself, so the roots capability is its own, without
@@ -2694,7 +2714,8 @@ class ServerRuntime:
         self._telemetry = telemetry
         self._on_unsolicited = on_unsolicited  # (runtime, child, message, kind) for messages the child starts
         self._on_ready = on_ready  # (runtime, child, restarted) on the supervisor thread when a child is ready
-        self.handshake_params = handshake_params  # a client's own initialize params, for a per-session child
+        self.handshake_params = handshake_params  # a client's own initialize params, for a child of its own
+        self.owner, self.adopted_as = None, None  # the server's runtime that holds it, and under which key
         self._cond = threading.Condition()  # guards every field below and wakes callers waiting for readiness
         self.private = {}  # session id -> ServerRuntime of that session's own child (isolation "session")
         self.twin = None  # the handshake twin of a dual-era child, once a handshake-era session needed it
@@ -2730,22 +2751,31 @@ class ServerRuntime:
 
     @property
     def is_private(self):
-        """Whether this runs one session's own child (isolation "session"), not a configured server's."""
+        """Whether this runs one client's own child (isolation "session": a session's, or a modern request's),
+        not a configured server's."""
         return self.handshake_params is not None
 
-    def adopt(self, session_id, private):
-        """Takes on a session's own runtime (isolation "session"), within max_children, and starts it."""
+    @property
+    def serves_request(self):
+        """Whether this runs the child of one modern request (isolation "session"), not of a session."""
+        return self.is_private and self.adopted_as.startswith(REQUEST_CHILD_PREFIX)
+
+    def adopt(self, key, private):
+        """Takes on the runtime of a session's or a request's own child (isolation "session"), within
+        max_children, and starts it."""
         with self._cond:
-            if len(self.private) >= self.spec.max_children:  # the Router made room; a concurrent session took it
-                raise GatewayError("server %s already runs %d per-session children (max_children)" % (
+            if len(self.private) >= self.spec.max_children:  # the Router made room; a concurrent one took it
+                raise GatewayError("server %s already runs %d children of clients' own (max_children)" % (
                     self.server_id, self.spec.max_children), 503, "too_many_children", server_id=self.server_id)
-            self.private[session_id] = private
+            self.private[key] = private
+        private.owner, private.adopted_as = self, key
         private.state_file = self.state_file
         private.start()
 
-    def release(self, session_id):
+    def release(self, private):
         with self._cond:
-            self.private.pop(session_id, None)
+            if self.private.get(private.adopted_as) is private:
+                del self.private[private.adopted_as]
 
     def handshake_twin(self):
         """For handshake-era sessions of a child the gateway speaks to in revision 2026-07-28 (child_protocol
@@ -2773,20 +2803,26 @@ class ServerRuntime:
             self._log.info("handshake_twin_unavailable", server_id=self.server_id, reason=why)
 
     def request_stop(self, reason="the gateway is stopping"):
+        """Stops this runtime's child, and those it owns: its twin and its clients' own."""
         self._stop_reason = self._stop_reason or reason
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
-            twin = self.twin
-        if twin is not None:
-            twin.request_stop(reason)
+            owned = self._owned()
+        for runtime in owned:
+            runtime.request_stop(reason)
 
     def join(self, timeout):
         deadline = now() + timeout
         if self._thread is not None:
             self._thread.join(timeout)
-        if self.twin is not None:
-            self.twin.join(max(0.0, deadline - now()))
+        with self._cond:
+            owned = self._owned()
+        for runtime in owned:
+            runtime.join(max(0.0, deadline - now()))
+
+    def _owned(self):
+        return ([self.twin] if self.twin is not None else []) + list(self.private.values())
 
     def ready_child(self, deadline):
         """The ready child, waiting for a start or a restart within the caller's deadline. A server that has not
@@ -3226,12 +3262,13 @@ class ParkedCall:
     """A modern client's call that waits at a handshake-era child for answers to the requests the child made;
     the client gives them on its retry, which names this call by its requestState (bound there to the method
     and target)."""
-    __slots__ = ("ticket", "requests", "expires")
+    __slots__ = ("ticket", "requests", "expires", "runtime")
 
-    def __init__(self, ticket, requests, expires):
+    def __init__(self, ticket, requests, expires, runtime):
         self.ticket = ticket
         self.requests = requests  # input key (the relay id) -> {"method", "params"} the child asked
         self.expires = expires
+        self.runtime = runtime  # the child's: a request's own child lives while its call waits
 
 
 def mcp_attributes(message, server_id, session):
@@ -3432,6 +3469,7 @@ class Router:
         self._relay_ids = itertools.count(1)
         self._parked = {}  # handle -> ParkedCall: modern calls waiting for their client's retry (self._lock)
         self._park_ids = itertools.count(1)
+        self._request_children = itertools.count(1)  # keys of modern requests' own children
         self.request_states = RequestStateCodec()
         self._stop = threading.Event()
         self._reaper = threading.Thread(target=self._reap, name="session-reaper", daemon=True)
@@ -3666,9 +3704,9 @@ class Router:
 
     # Multi round-trip requests for modern clients of handshake-era children -----------------------------------
 
-    def park(self, ticket, requests, message):
-        """Holds a modern client's call, which waits at the child for the answers to `requests` (input key ->
-        the child's request); returns the requestState that names it on the client's retry. At most
+    def park(self, ticket, requests, message, runtime):
+        """Holds a modern client's call, which waits at `runtime`'s child for the answers to `requests` (input
+        key -> the child's request); returns the requestState that names it on the client's retry. At most
         max_sessions calls wait so: a client that never retries holds nothing for long or in number."""
         ttl_s = self._config.request_timeout_ms / 1000.0
         with self._lock:
@@ -3676,19 +3714,18 @@ class Router:
                 raise GatewayError("too many calls wait for their clients' input (max_sessions)", 503,
                                    "too_many_sessions")
             handle = next(self._park_ids)
-            self._parked[handle] = ParkedCall(ticket, requests, now() + ttl_s)
+            self._parked[handle] = ParkedCall(ticket, requests, now() + ttl_s, runtime)
         return self.request_states.encode(handle, message["method"], mrtr_target(message), ttl_s)
+
+    def parked_runtime(self, message):
+        """The runtime whose child holds the call a retry's requestState names (refused as resume would)."""
+        return self._parked_call(message, take=False).runtime
 
     def resume(self, message, caller):
         """A modern client's retry: its inputResponses go to the child's waiting requests, and the call it names
         answers this request from now on. Returns (ticket, requests still unanswered: input key -> request)."""
         params = message["params"]
-        handle = self.request_states.decode(params["requestState"], message["method"], mrtr_target(message))
-        with self._lock:
-            parked = self._parked.pop(handle, None)
-        if parked is None:
-            raise _modern_error(JSONRPC_INVALID_PARAMS, "requestState refused: the call it names has ended or "
-                                "was already resumed")
+        parked = self._parked_call(message, take=True)
         call = parked.ticket.call
         call.caller_id = message["id"]  # before any answer can come for it
         call.session = caller
@@ -3703,6 +3740,16 @@ class Router:
             else:
                 missing[key] = request
         return parked.ticket, missing
+
+    def _parked_call(self, message, take):
+        handle = self.request_states.decode(message["params"]["requestState"], message["method"],
+                                            mrtr_target(message))
+        with self._lock:
+            parked = self._parked.pop(handle, None) if take else self._parked.get(handle)
+        if parked is None:
+            raise _modern_error(JSONRPC_INVALID_PARAMS, "requestState refused: the call it names has ended or "
+                                "was already resumed")
+        return parked
 
     MAX_TOOL_PAGES = 50  # of tools/list the gateway reads itself to learn which arguments headers mirror
 
@@ -3737,6 +3784,7 @@ class Router:
         for parked in calls:
             parked.ticket.child.cancel_call(parked.ticket.gateway_id, "its client did not retry in time")
             parked.ticket.finish("input_expired", "the client did not answer the server's requests in time")
+            self.end_request_child(parked.runtime)
 
     # Sessions --------------------------------------------------------------------------------------------------
 
@@ -3823,6 +3871,48 @@ class Router:
                        protocol_version=session.protocol_version, by="GET")
         return session
 
+    def request_child(self, runtime, client_params, deadline):
+        """A child of its own for one modern request to a server with isolation "session" (revision 2026-07-28
+        has no session to give one to), initialized with the request's capabilities and identity; within
+        max_children, an idle session giving way as for a new session's child."""
+        private = ServerRuntime(runtime.spec, self._config, self._log, self._telemetry, self.on_child_message,
+                                self.on_child_ready, handshake_params=client_params)
+        for _ in range(ADMIT_ATTEMPTS):
+            if self._room_for_child(runtime):
+                break
+        runtime.adopt("%s%d" % (REQUEST_CHILD_PREFIX, next(self._request_children)), private)
+        try:
+            private.ready_child(deadline)
+        except GatewayError:
+            self.end_request_child(private)
+            raise
+        return private
+
+    def end_request_child(self, private):
+        """Stops a request's own child once its call is over: not while the call waits for its client's retry,
+        nor while a retry works on it."""
+        if not private.serves_request:  # a shared child's call: nothing of the request's own to end
+            return
+        with self._lock:
+            if any(parked.runtime is private for parked in self._parked.values()):
+                return
+        if private.child is not None and private.child.calls_in_flight():
+            return
+        private.request_stop("its request was answered")
+        private.join(timeout=CHILD_STOP_GRACE_S * 2 + 1)
+        private.owner.release(private)
+
+    def _room_for_child(self, parent):
+        """Whether `parent` may start one more child of a client's own; when it runs max_children, the idle
+        session that matters least ends first (False: look again), and 503 when each has a call or a stream."""
+        if len(parent.private) < parent.spec.max_children:
+            return True
+        self._evict([s for s in self.sessions.all() if s.parent is parent], "max_children", GatewayError(
+            "server %s already runs %d children of clients' own (max_children), each with a call in flight or an "
+            "open stream" % (parent.server_id, parent.spec.max_children), 503, "too_many_children",
+            server_id=parent.server_id))
+        return False
+
     def _admit(self, session):
         """Adds a new session. When sessions, or its server's per-session children, have run out, the idle
         session that matters least is ended first (clients such as `claude mcp list` and mcp-remote never send
@@ -3830,11 +3920,7 @@ class Router:
         every candidate has a call in flight or an open stream."""
         parent = session.parent
         for _ in range(ADMIT_ATTEMPTS):
-            if session.runtime.is_private and len(parent.private) >= parent.spec.max_children:
-                self._evict([s for s in self.sessions.all() if s.parent is parent], "max_children", GatewayError(
-                    "server %s already runs %d per-session children (max_children), each with a call in flight "
-                    "or an open stream" % (parent.server_id, parent.spec.max_children), 503,
-                    "too_many_children", server_id=parent.server_id))
+            if session.runtime.is_private and not self._room_for_child(parent):
                 continue
             if self.sessions.full():
                 self._evict(self.sessions.all(), "max_sessions", None)
@@ -3881,6 +3967,9 @@ class Router:
                 dict(session.runtime.describe(), session=session.label, session_age_s=view["age_s"],
                      session_idle_s=view["idle_s"])
                 for session, view in zip(sessions, described["sessions"]) if session.runtime.is_private]
+            of_sessions = {session.runtime for session in sessions}
+            described["children"] += [dict(private.describe(), request=True)  # a modern request's own
+                                      for private in list(runtime.private.values()) if private not in of_sessions]
         return described
 
     def close_session(self, session, reason):
@@ -3906,7 +3995,7 @@ class Router:
             for uri in unwatched:
                 child.send_request("resources/unsubscribe", {"uri": uri})
         if session.runtime.is_private:
-            session.parent.release(session.id)
+            session.parent.release(session.runtime)
             session.runtime.request_stop()
             session.runtime.join(timeout=CHILD_STOP_GRACE_S * 2 + 1)
         self._log.info("session_closed", server_id=session.server_id, session=session.label, reason=reason)
@@ -3918,7 +4007,8 @@ class Router:
             while not self._stop.wait(interval):
                 idle_s = self._config.session_idle_timeout_ms / 1000.0  # read each time: a reload may change them
                 grace_s = self._config.session_grace_ms / 1000.0
-                interval = min(30.0, max(0.05, min(idle_s, grace_s) / 4))
+                timeout_s = self._config.request_timeout_ms / 1000.0  # relayed requests and parked calls expire
+                interval = min(30.0, max(0.05, min(idle_s, grace_s, timeout_s) / 4))
                 for session in self.sessions.all():
                     if session.streaming:
                         continue
@@ -3992,7 +4082,7 @@ class Router:
         """A modern child's one subscriptions/listen for its handshake-era sessions: every list change it can
         announce and every resource some session watches. Opened again when that set of resources changes."""
         child = runtime.child
-        if child is None or runtime.era != MODERN:
+        if child is None or runtime.era != MODERN or runtime.serves_request:  # a request's child feeds no one
             return
         capabilities = runtime.init_result.get("capabilities") or {}
         wanted = {field: True for field in listenable(capabilities)}
@@ -5205,8 +5295,10 @@ class HttpFront:
     MRTR_GATHER_S = 0.05  # after a child's first request during a call, how long its next ones may take to come
 
     def _serve_modern(self, conn, request, runtime, message, version):
-        """A request of revision 2026-07-28: no session; the child is the shared one; what the child asks its
-        client during a call is returned as an input_required result (multi round-trip requests)."""
+        """A request of revision 2026-07-28: no session; the child is the shared one or, for a server with
+        isolation "session", one of the request's own (a retry finds the one its call waits at); what a
+        handshake-era child asks its client during a call is returned as an input_required result (multi
+        round-trip requests)."""
         if "id" not in message:  # a notification: request_era let through only valid requests and notifications
             conn.send(202)  # this revision has no client notification for a child (the stream's end cancels)
             return 202
@@ -5215,13 +5307,23 @@ class HttpFront:
         if method in REMOVED_IN_MODERN:
             raise _modern_error(JSONRPC_METHOD_NOT_FOUND, "method not found: %s (revision %s removed it)" % (
                 method, version), http_status=404)
-        if runtime.spec.isolation == "session":
-            raise GatewayError("server %s gives each session a child of its own, and revision %s has no "
-                               "sessions: connect with a handshake-era revision" % (runtime.server_id, version),
-                               400, "session_required", JSONRPC_INVALID_REQUEST)
         caller = ModernCaller(params["_meta"], version)
         deadline = self.deadline()
-        runtime.ready_child(deadline)
+        if runtime.spec.isolation != "session":
+            runtime.ready_child(deadline)
+            return self._serve_modern_on(conn, request, runtime, message, caller, deadline)
+        if self.router.request_states.issued(params.get("requestState")):
+            own = self.router.parked_runtime(message)
+        else:
+            own = self.router.request_child(runtime, request_client_params(params["_meta"]), deadline)
+        try:
+            return self._serve_modern_on(conn, request, own, message, caller, deadline)
+        finally:
+            self.router.end_request_child(own)
+
+    def _serve_modern_on(self, conn, request, runtime, message, caller, deadline):
+        """A modern request on `runtime`'s ready child."""
+        method, params = message["method"], message["params"]
         if method == "tools/call":  # stdio has no headers: the gateway is the one to check them
             declarations = self.router.tool_header_params(runtime, params.get("name"), deadline)
             if declarations:
@@ -5254,7 +5356,7 @@ class HttpFront:
             answer = self._await_modern(conn, request, ticket, message, pending, deadline)
             if answer is None:  # the child waits for what it asked: the client answers on its retry
                 answer = result_reply(message, {"resultType": "input_required", "inputRequests": pending,
-                                                "requestState": self.router.park(ticket, pending, message)})
+                                                "requestState": self.router.park(ticket, pending, message, runtime)})
             elif runtime.era == LEGACY:
                 answer = modern_answer(message["method"], answer, runtime.init_result.get("serverInfo"))
             elif message["method"] == "server/discover" and isinstance(answer.get("result"), dict):

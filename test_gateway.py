@@ -3003,6 +3003,74 @@ class ModernChildTest(unittest.TestCase):
         wait_for(lambda: self.gateway.servers()["modern"]["calls_in_flight"] == 1, what="the listen to be cancelled")
 
 
+class ModernIsolationTest(unittest.TestCase):
+    """Revision 2026-07-28 requests to servers with isolation "session": each request gets a child of its own
+    (the revision has no session), which a call waiting for its client's input keeps until the retry."""
+
+    post = ModernClientTest.post
+
+    def call(self, server_id, name, request_id=1, capabilities=None, **params):
+        status, messages = self.post(*modern("tools/call", dict(params, name=name), request_id, capabilities),
+                                     server_id=server_id)
+        self.assertEqual(status, 200, messages)
+        return messages[-1]["result"]
+
+    def test_each_request_gets_a_child_of_its_own(self):
+        gateway = self.gateway = GatewayProcess(self, base_config([
+            fake_server("own", isolation="session", autostart=False, max_children=2)]))
+        first, second = (self.call("own", "pid", arguments={})["structuredContent"]["pid"] for _ in range(2))
+        self.assertNotEqual(first, second)
+        for pid in (first, second):
+            wait_for(lambda: process_gone(pid), what="a request's child to stop after its answer")  # noqa: B023
+        received = self.call("own", "received", arguments={}, capabilities={"elicitation": {}})["structuredContent"]
+        self.assertEqual((received["initialize"]["clientInfo"], received["initialize"]["capabilities"]),
+                         ({"name": "modern-test", "version": "1"}, {"elicitation": {}}))
+        status, (reply,) = self.post(*modern("server/discover", request_id="d"), server_id="own")
+        self.assertEqual((status, reply["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["name"]),
+                         (200, "fake"))
+        wait_for(lambda: gateway.servers()["own"]["children"] == [], what="every request's child to stop")
+
+    def test_a_call_waiting_for_input_keeps_its_child_until_the_retry(self):
+        gateway = self.gateway = GatewayProcess(self, base_config([
+            fake_server("own", isolation="session", autostart=False, max_children=1)]))
+        ask = {"name": "ask", "arguments": {"method": "elicitation/create", "params": {"message": "name?"}}}
+        status, (reply,) = self.post(*modern("tools/call", ask, 1, {"elicitation": {}}), server_id="own")
+        result = reply["result"]
+        self.assertEqual((status, result["resultType"]), (200, "input_required"))
+        (child,) = gateway.servers()["own"]["children"]
+        self.assertEqual((child["request"], child["state"]), (True, "ready"))
+        status, (busy,) = self.post(*modern("tools/call", {"name": "pid", "arguments": {}}, 2), server_id="own")
+        self.assertEqual((status, busy["error"]["data"]["error_code"]), (503, "too_many_children"))
+        (key,) = result["inputRequests"]
+        retry = dict(ask, inputResponses={key: {"action": "accept", "content": {"name": "Ada"}}},
+                     requestState=result["requestState"])
+        status, (reply,) = self.post(*modern("tools/call", retry, 3, {"elicitation": {}}), server_id="own")
+        self.assertEqual(reply["result"]["structuredContent"]["response"]["result"]["content"], {"name": "Ada"})
+        wait_for(lambda: process_gone(child["pid"]), what="the request's child to stop after the retry")
+        self.assertEqual(self.call("own", "add", 4, arguments={"a": 1, "b": 2})["structuredContent"], {"sum": 3})
+
+    def test_a_call_whose_retry_never_comes_ends_its_child(self):
+        gateway = self.gateway = GatewayProcess(self, base_config([
+            fake_server("own", isolation="session", autostart=False)], request_timeout_ms=500))
+        ask = {"name": "ask", "arguments": {"method": "elicitation/create", "params": {"message": "name?"}}}
+        status, (reply,) = self.post(*modern("tools/call", ask, 1, {"elicitation": {}}), server_id="own")
+        self.assertEqual(reply["result"]["resultType"], "input_required")
+        (child,) = gateway.servers()["own"]["children"]
+        wait_for(lambda: process_gone(child["pid"]), what="the unanswered call's child to stop")
+        self.assertEqual(gateway.servers()["own"]["children"], [])
+
+    def test_modern_children_of_their_own(self):
+        gateway = self.gateway = GatewayProcess(self, base_config([
+            fake_server("own", "--era", "modern", isolation="session", autostart=False)]))
+        ask = {"name": "ask", "arguments": {"method": "sampling/createMessage", "params": {"x": 1}}}
+        status, (reply,) = self.post(*modern("tools/call", ask, 1), server_id="own")
+        self.assertEqual(reply["result"]["requestState"], "fake-state")  # the child's own: stateless, passed on
+        retry = dict(ask, inputResponses={"answer": {"model": "m"}}, requestState="fake-state")
+        status, (reply,) = self.post(*modern("tools/call", retry, 2), server_id="own")
+        self.assertEqual(reply["result"]["structuredContent"]["response"]["result"], {"model": "m"})
+        wait_for(lambda: gateway.servers()["own"]["children"] == [], what="both requests' children to stop")
+
+
 # Telemetry: OTEL_* settings, OTLP/HTTP JSON export, trace context, Prometheus ------------------------------------
 
 class TelemetryUnitTest(unittest.TestCase):

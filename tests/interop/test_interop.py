@@ -720,11 +720,24 @@ class SdkIsolatedSessionsTest(unittest.TestCase):
 
     def test_concurrent_sampling_reaches_each_callers_client(self):
         gateway = self.start_gateway()
+        self.check_concurrent_sampling(lambda client_side: sdk_session(gateway, "everything", client_side=client_side))
 
+    def test_2026_07_28_requests_each_get_a_child_of_their_own(self):
+        gateway = self.start_gateway()
+        self.check_concurrent_sampling(lambda client_side: sdk_client(gateway, "everything", MODERN, client_side,
+                                                                      Traffic()))
+        deadline = time.monotonic() + TIMEOUT
+        while gateway.servers()["everything"]["children"] and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling a condition with a deadline: each request's child stops after its answer
+        self.assertEqual(gateway.servers()["everything"]["children"], [])
+
+    def check_concurrent_sampling(self, connect):
+        """Two clients at once, each connected by `connect(client_side)` and calling a tool that samples: each is
+        asked once, for its own call."""
         async def sample(label):
             client_side = ClientSide(label)
-            async with sdk_session(gateway, "everything", client_side=client_side) as session:
-                result = await session.call_tool("trigger-sampling-request", {"prompt": "from " + label})
+            async with connect(client_side) as client:
+                result = await client.call_tool("trigger-sampling-request", {"prompt": "from " + label})
             return client_side, text_of(result)
 
         async def two_clients():
