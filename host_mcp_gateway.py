@@ -5312,6 +5312,11 @@ class HttpFront:
         if runtime.spec.isolation != "session":
             runtime.ready_child(deadline)
             return self._serve_modern_on(conn, request, runtime, message, caller, deadline)
+        if method == "server/discover":  # steer clients that negotiate to a session: state lasts only in one
+            raise _modern_error(MCP_UNSUPPORTED_PROTOCOL_VERSION, "server %s gives each client session a child of "
+                                "its own, and revision %s has no sessions: use one of the handshake revisions" % (
+                                    runtime.server_id, version),
+                                {"supported": list(SUPPORTED_PROTOCOL_VERSIONS), "requested": version})
         if self.router.request_states.issued(params.get("requestState")):
             own = self.router.parked_runtime(message)
         else:

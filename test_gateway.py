@@ -3025,9 +3025,9 @@ class ModernIsolationTest(unittest.TestCase):
         received = self.call("own", "received", arguments={}, capabilities={"elicitation": {}})["structuredContent"]
         self.assertEqual((received["initialize"]["clientInfo"], received["initialize"]["capabilities"]),
                          ({"name": "modern-test", "version": "1"}, {"elicitation": {}}))
-        status, (reply,) = self.post(*modern("server/discover", request_id="d"), server_id="own")
-        self.assertEqual((status, reply["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["name"]),
-                         (200, "fake"))
+        status, (reply,) = self.post(*modern("server/discover", request_id="d"), server_id="own")  # use a session
+        self.assertEqual((status, reply["error"]["code"], reply["error"]["data"]["supported"]),
+                         (400, -32022, list(gw.SUPPORTED_PROTOCOL_VERSIONS)))
         wait_for(lambda: gateway.servers()["own"]["children"] == [], what="every request's child to stop")
 
     def test_a_call_waiting_for_input_keeps_its_child_until_the_retry(self):

@@ -274,6 +274,13 @@ def conformance_v2_server(server_id="conformance-v2"):
             "autostart": True, "roots": "client", "args": ["node_modules/tsx/dist/cli.mjs", "everything-v2-stdio.ts"]}
 
 
+def modern_only_server(server_id="modern-only"):
+    """A stdio server of revision 2026-07-28 only (the TypeScript SDK v2's serveStdio with legacy "reject"):
+    initialize gets -32022. One tool, echo."""
+    return {"server_id": server_id, "command": CONFORMANCE_2026_NODE, "working_dir": CONFORMANCE_2026,
+            "autostart": True, "args": ["node_modules/tsx/dist/cli.mjs", "modern-only-stdio.ts"]}
+
+
 # The Python SDK ------------------------------------------------------------------------------------------------
 
 def run_async(coroutine_function, *args):
@@ -290,7 +297,7 @@ def text_of(result):
 
 class Traffic:
     """What one SDK client's HTTP client sent and got: HTTP methods, JSON-RPC methods POSTed (and those that were
-    retries of an input_required result, carrying its requestState), session ids."""
+    retries of an input_required result, carrying inputResponses or its requestState), session ids."""
 
     def __init__(self):
         self.http_methods = []
@@ -309,7 +316,8 @@ class Traffic:
         for message in body if isinstance(body, list) else [body]:
             if isinstance(message, dict) and "method" in message:
                 self.rpc_methods.append(message["method"])
-                if isinstance(message.get("params"), dict) and "requestState" in message["params"]:
+                params = message.get("params") if isinstance(message.get("params"), dict) else {}
+                if "requestState" in params or "inputResponses" in params:
                     self.retried.append(message["method"])
 
     async def on_response(self, response):
@@ -610,36 +618,73 @@ class SdkHandshakeChildEnvelopeTest(unittest.TestCase):
 @needs_sdk
 @needs_conformance_2026
 class SdkModernChildTest(unittest.TestCase):
-    """A child of revision 2026-07-28 (the TypeScript SDK v2's conformance fixture, which answers the gateway's
-    server/discover) and a handshake-era client: held to the new revision (child_protocol "modern"), the
-    input_required results of its multi-round-trip tools reach the client as real elicitation, sampling and roots
-    requests (`roots` "client"), and the gateway retries the call with the answers; in "auto" the same client
-    meets the fixture's handshake twin, whose SDK sends those requests itself. The client sees no difference."""
+    """The Python SDK's client in every mode to a child of revision 2026-07-28 (the TypeScript SDK v2's
+    conformance fixture, held to that revision: child_protocol "modern", so no handshake twin): tools listed and
+    called with progress, and the fixture's multi-round-trip tools answered by the client's elicitation,
+    sampling and roots callbacks (`roots` "client"). A 2026-07-28 client meets them natively and retries
+    itself; a handshake-era client gets real requests, and the gateway retries the child's call with the
+    answers. In "auto" a handshake-era client meets the fixture's handshake twin instead, whose SDK sends those
+    requests itself. The client sees no difference."""
 
-    def test_input_required_becomes_requests_to_a_handshake_client(self):
-        for child_protocol in ("modern", "auto"):
-            with self.subTest(child_protocol=child_protocol):
-                self.check_handshake_client(child_protocol)
+    def test_a_2026_07_28_client(self):
+        self.check_client("modern", MODERN)
 
-    def check_handshake_client(self, child_protocol):
+    def test_an_auto_mode_client(self):
+        self.check_client("modern", "auto")
+
+    def test_a_handshake_era_client_translated(self):
+        self.check_client("modern", "legacy")
+
+    def test_a_handshake_era_client_meets_the_twin(self):
+        self.check_client("auto", "legacy")
+
+    def check_client(self, child_protocol, mode):
         gateway = Gateway(self, [dict(conformance_v2_server(), child_protocol=child_protocol)])
         self.assertEqual(gateway.servers()["conformance-v2"]["protocol_era"], "modern")
-        client_side, traffic = ClientSide("handshake"), Traffic()
+        client_side, traffic = ClientSide(mode), Traffic()
 
         async def call_them():
-            async with sdk_client(gateway, "conformance-v2", "legacy", client_side, traffic) as client:
+            async with sdk_client(gateway, "conformance-v2", mode, client_side, traffic) as client:
+                self.assertEqual(client.protocol_version, "2025-11-25" if mode == "legacy" else MODERN)
+                tools = {tool.name for tool in (await client.list_tools()).tools}
+                self.assertIn("test_tool_with_progress", tools)
+                await client.call_tool("test_tool_with_progress", {}, progress_callback=client_side.on_progress)
                 return [text_of(await client.call_tool("test_input_required_result_" + kind, {}))
                         for kind in ("elicitation", "sampling", "list_roots")]
         elicited, sampled, rooted = run_async(call_them)
+        self.assertEqual(client_side.progress, [(0, 100), (50, 100), (100, 100)])
         self.assertEqual(elicited, "Hello, %s!" % ClientSide.NAME)
         self.assertEqual(sampled, "Sampling response: " + client_side.sampled)
         self.assertEqual(rooted, "Client exposed 1 root(s): " + ClientSide.ROOT)
         self.assertEqual(client_side.asked, ["elicitation/create", "sampling/createMessage", "roots/list"])
-        self.assertEqual(traffic.retried, [])  # the gateway (or the twin's SDK) retried, not the client
-        self.assertEqual(traffic.rpc_methods[0], "initialize")
+        # a 2026-07-28 client retries each call itself; for a handshake-era one the gateway (or the twin) does
+        self.assertEqual(traffic.retried, [] if mode == "legacy" else ["tools/call"] * 3)
         twin = gateway.servers()["conformance-v2"].get("handshake_twin")
         self.assertEqual(twin and (twin["state"], twin["protocol_era"]),
                          ("ready", "legacy") if child_protocol == "auto" else None)
+
+
+@needs_sdk
+@needs_conformance_2026
+class SdkModernOnlyChildTest(unittest.TestCase):
+    """A server that refuses the handshake (2026-07-28 only) runs as a modern child, and clients of every mode
+    use it: 2026-07-28 ones natively, handshake-era ones through the gateway's translation (it has no twin)."""
+
+    def test_every_client_mode(self):
+        gateway = Gateway(self, [modern_only_server()])
+        self.assertEqual(gateway.servers()["modern-only"]["protocol_era"], "modern")
+
+        async def echo(mode):
+            async with sdk_client(gateway, "modern-only", mode, ClientSide(), Traffic()) as client:
+                tools = [tool.name for tool in (await client.list_tools()).tools]
+                return client.protocol_version, tools, text_of(await client.call_tool("echo", {"message": mode}))
+        for mode in ("legacy", "auto", MODERN):
+            with self.subTest(mode=mode):
+                version, tools, echoed = run_async(echo, mode)
+                self.assertEqual((version, tools), ("2025-11-25" if mode == "legacy" else MODERN, ["echo"]))
+                self.assertIn(mode, echoed)
+        self.assertIn("-32022", gateway.wait_log("handshake_twin_unavailable")["reason"])
+        self.assertNotIn("handshake_twin", gateway.servers()["modern-only"])
 
 
 @needs_sdk
@@ -730,6 +775,16 @@ class SdkIsolatedSessionsTest(unittest.TestCase):
         while gateway.servers()["everything"]["children"] and time.monotonic() < deadline:
             time.sleep(0.05)  # polling a condition with a deadline: each request's child stops after its answer
         self.assertEqual(gateway.servers()["everything"]["children"], [])
+
+    def test_auto_mode_clients_are_steered_to_a_session(self):
+        gateway, traffic = self.start_gateway(), Traffic()
+
+        async def connect():
+            async with sdk_client(gateway, "everything", "auto", ClientSide(), traffic) as client:
+                return client.protocol_version, text_of(await client.call_tool("echo", {"message": "hi"}))
+        self.assertEqual(run_async(connect), ("2025-11-25", "Echo: hi"))
+        self.assertEqual(traffic.rpc_methods[:2], ["server/discover", "initialize"])  # -32022, then a session
+        self.assertEqual(len(traffic.session_ids), 1)
 
     def check_concurrent_sampling(self, connect):
         """Two clients at once, each connected by `connect(client_side)` and calling a tool that samples: each is
@@ -853,40 +908,68 @@ TS_CLIENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ts_client.
 @needs_conformance_2026
 class TsSdkClientTest(unittest.TestCase):
     """The TypeScript SDK v2 client (ts_client.mjs, on the Node 22 of the 2026-07-28 suite's folder) through the
-    gateway to server-everything: pinned to 2026-07-28, and in "auto" mode, which settles on it. Tools are listed
-    and called, and an elicitation the shared child makes during a call reaches its handler as an input_required
-    result, answered on the retry."""
+    gateway, pinned to 2026-07-28, in "auto" mode (which settles on it) and in "legacy" mode, to a handshake-era
+    child (server-everything) and to a child of revision 2026-07-28 (the SDK v2's conformance fixture, held to it:
+    child_protocol "modern"). Tools are listed and called, with progress where the child reports it, and what
+    the child asks during a call (elicitation, sampling, roots) reaches the client's handlers: on 2026-07-28 as
+    input_required results, answered on the retry; on the handshake as real requests."""
 
-    def setUp(self):
-        self.gateway = Gateway(self, [everything_server()])
-
-    def run_client_in(self, mode):
-        run = run_client(self, [CONFORMANCE_2026_NODE, TS_CLIENT, CONFORMANCE_2026, self.gateway.url("everything"),
-                                self.gateway.token, mode, "trigger-elicitation-request"], cwd=CONFORMANCE_2026)
-        self.assertEqual(run.returncode, 0, run.stdout[-3000:] + run.stderr[-3000:])
-        seen = json.loads(run.stdout.splitlines()[-1])
-        self.assertEqual((seen["era"], seen["protocolVersion"]), ("modern", MODERN), seen)
-        self.assertEqual(seen["serverName"], "mcp-servers/everything")
-        self.assertEqual(seen["supportedVersions"][:2], [MODERN, "2025-11-25"])
-        self.assertLessEqual({"echo", "trigger-elicitation-request"}, set(seen["tools"]))
-        self.assertEqual(seen["echo"], "Echo: hi from ts")
-        self.assertIn("- Name: Ada Lovelace", seen["elicited"])
-        self.assertEqual(seen["elicitations"], ["Please provide inputs for the following fields:"])
-        wire = seen["wire"]
-        # Both modes ask server/discover first (pinned, to check the gateway offers the revision), then run
-        # stateless: no initialize, no session, no GET stream; the elicitation took one retry of its tools/call.
-        self.assertEqual(wire["rpcMethods"], ["server/discover", "tools/list", "tools/call", "tools/call",
-                                              "tools/call"])
-        self.assertEqual(wire["retried"], ["tools/call"])
-        self.assertEqual(wire["sessionIds"], [])
-        self.assertEqual(set(wire["httpMethods"]), {"POST"})
-        self.assertEqual(set(wire["protocolVersionHeaders"]), {MODERN})
+    CHILDREN = {
+        "handshake-era": (everything_server, ("echo", "Echo: hi from ts"), None,
+                          {"trigger-elicitation-request": "- Name: {name}",
+                           "trigger-sampling-request": "{sampled}"}),
+        "2026-07-28": (lambda: dict(conformance_v2_server(), child_protocol="modern"),
+                       ("test_simple_text", "This is a simple text response for testing."),
+                       ("test_tool_with_progress", [[0, 100], [50, 100], [100, 100]]),
+                       {"test_input_required_result_elicitation": "Hello, {name}!",
+                        "test_input_required_result_sampling": "Sampling response: {sampled}",
+                        "test_input_required_result_list_roots": "Client exposed 1 root(s): {root}"}),
+    }
 
     def test_pinned_2026_07_28(self):
-        self.run_client_in(MODERN)
+        self.check_mode(MODERN)
 
     def test_auto_mode_settles_on_2026_07_28(self):
-        self.run_client_in("auto")
+        self.check_mode("auto")
+
+    def test_legacy_mode(self):
+        self.check_mode("legacy")
+
+    def check_mode(self, mode):
+        for child, (server, plain, progress, inputs) in self.CHILDREN.items():
+            with self.subTest(child=child):
+                gateway = Gateway(self, [dict(server(), server_id="child")])
+                run = run_client(self, [CONFORMANCE_2026_NODE, TS_CLIENT, CONFORMANCE_2026, gateway.url("child"),
+                                        gateway.token, mode, plain[0], progress[0] if progress else "-"] +
+                                 list(inputs), cwd=CONFORMANCE_2026)
+                self.assertEqual(run.returncode, 0, run.stdout[-3000:] + run.stderr[-3000:])
+                seen = json.loads(run.stdout.splitlines()[-1])
+                self.check_seen(mode, seen, plain, progress, inputs)
+
+    def check_seen(self, mode, seen, plain, progress, inputs):
+        modern = mode != "legacy"
+        self.assertEqual((seen["era"], seen["protocolVersion"]),
+                         ("modern", MODERN) if modern else ("legacy", "2025-11-25"), seen)
+        self.assertLessEqual({plain[0]} | set(inputs), set(seen["tools"]))
+        self.assertEqual(seen["plain"], plain[1])
+        self.assertEqual(seen["progress"], progress[1] if progress else [])
+        self.assertEqual(set(seen["inputs"]), set(inputs))
+        for tool, text in inputs.items():
+            self.assertIn(text.format(**seen["answers"]), seen["inputs"][tool])
+        self.assertEqual(len(seen["asked"]), len(inputs))
+        wire = seen["wire"]
+        if modern:  # server/discover first (pinned too, to check the gateway offers the revision), then stateless
+            self.assertEqual(seen["supportedVersions"][:2], [MODERN, "2025-11-25"])
+            self.assertEqual(wire["rpcMethods"][0], "server/discover")
+            self.assertNotIn("initialize", wire["rpcMethods"])
+            self.assertEqual(wire["sessionIds"], [])
+            self.assertEqual(set(wire["httpMethods"]), {"POST"})
+            self.assertEqual(set(wire["protocolVersionHeaders"]), {MODERN})
+            self.assertEqual(wire["retried"], ["tools/call"] * len(inputs))  # one retry for each input
+        else:
+            self.assertEqual(wire["rpcMethods"][0], "initialize")
+            self.assertEqual(len(wire["sessionIds"]), 1)
+            self.assertEqual(wire["retried"], [])
 
 
 # The conformance suite ----------------------------------------------------------------------------------------

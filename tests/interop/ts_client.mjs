@@ -1,17 +1,20 @@
 // The TypeScript SDK v2 client (@modelcontextprotocol/client, pinned in ../shared/conformance-2026/) through the
 // gateway, for test_interop.py. Run with that folder's Node 22:
-//   node ts_client.mjs CONFORMANCE_2026_DIR URL TOKEN MODE TOOL
+//   node ts_client.mjs CONFORMANCE_2026_DIR URL TOKEN MODE PLAIN_TOOL [PROGRESS_TOOL|-] INPUT_TOOL...
 // MODE is "auto", "legacy" or a revision to pin ("2026-07-28"). It connects with the bearer token on every
-// request, lists tools, calls echo, then calls TOOL (a tool that asks the client for input: elicitation/create),
-// answering with an elicitation handler; prints one JSON object with what it saw and what went over the wire.
+// request, lists tools, calls PLAIN_TOOL with {message}, PROGRESS_TOOL (unless "-") with a progress handler,
+// then each INPUT_TOOL with {prompt} (tools that ask the client for input: elicitation, sampling, roots),
+// answering with its handlers; prints one JSON object with what it saw and what went over the wire.
 // Every request has a timeout, and the whole run a deadline, so a hang is a failure with output, not a stall.
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 
-const [confDir, url, token, mode, inputTool] = process.argv.slice(2);
+const [confDir, url, token, mode, plainTool, progressTool, ...inputTools] = process.argv.slice(2);
 const REQUEST_TIMEOUT_MS = 30000;
 const RUN_DEADLINE_MS = 60000;
 const NAME = 'Ada Lovelace'; // what the elicitation handler answers
+const SAMPLED = 'sampled by ts through the gateway'; // what the sampling handler answers
+const ROOT = 'file:///tmp/hmg-interop-ts-root'; // the one root the roots handler answers
 
 // Bare specifiers resolve from the importing file, and this file is not in the folder that has node_modules.
 const require = createRequire(join(confDir, 'package.json'));
@@ -22,8 +25,8 @@ const deadline = setTimeout(() => {
   process.exit(2);
 }, RUN_DEADLINE_MS);
 
-// What went over the wire: POSTed JSON-RPC methods (with whether they carried a requestState), HTTP methods,
-// and the session ids the gateway handed out.
+// What went over the wire: POSTed JSON-RPC methods (with whether they were retries of an input_required result),
+// HTTP methods, and the session ids the gateway handed out.
 const wire = { httpMethods: [], rpcMethods: [], retried: [], sessionIds: [], protocolVersionHeaders: [] };
 async function recordingFetch(input, init = {}) {
   wire.httpMethods.push(init.method || 'GET');
@@ -34,7 +37,8 @@ async function recordingFetch(input, init = {}) {
     for (const message of Array.isArray(body) ? body : [body]) {
       if (message && typeof message.method === 'string') {
         wire.rpcMethods.push(message.method);
-        if (message.params && 'requestState' in message.params) wire.retried.push(message.method);
+        const params = message.params || {};
+        if ('requestState' in params || 'inputResponses' in params) wire.retried.push(message.method);
       }
     }
   }
@@ -45,12 +49,22 @@ async function recordingFetch(input, init = {}) {
 }
 
 const negotiation = mode === 'auto' || mode === 'legacy' ? { mode } : { mode: { pin: mode } };
-const client = new Client({ name: 'hmg-interop-ts', version: '1.0.0' },
-                          { capabilities: { elicitation: { form: {} } }, versionNegotiation: negotiation });
+const client = new Client({ name: 'hmg-interop-ts', version: '1.0.0' }, {
+  capabilities: { elicitation: { form: {} }, sampling: {}, roots: {} }, versionNegotiation: negotiation });
+const asked = []; // the server's requests, by method, in order
 const elicitations = [];
 client.setRequestHandler('elicitation/create', async request => {
+  asked.push(request.method);
   elicitations.push(request.params.message);
   return { action: 'accept', content: { name: NAME } };
+});
+client.setRequestHandler('sampling/createMessage', async request => {
+  asked.push(request.method);
+  return { role: 'assistant', model: 'interop-model', content: { type: 'text', text: SAMPLED } };
+});
+client.setRequestHandler('roots/list', async request => {
+  asked.push(request.method);
+  return { roots: [{ uri: ROOT, name: 'interop' }] };
 });
 const transport = new StreamableHTTPClientTransport(new URL(url), {
   requestInit: { headers: { Authorization: `Bearer ${token}` } },
@@ -63,13 +77,22 @@ let out;
 try {
   await client.connect(transport, options);
   const tools = (await client.listTools(undefined, options)).tools.map(tool => tool.name);
-  const echo = textOf(await client.callTool({ name: 'echo', arguments: { message: 'hi from ts' } }, options));
-  const elicited = textOf(await client.callTool({ name: inputTool, arguments: {} }, options));
+  const plain = textOf(await client.callTool({ name: plainTool, arguments: { message: 'hi from ts' } }, options));
+  const progress = [];
+  if (progressTool !== '-') {
+    await client.callTool({ name: progressTool, arguments: {} },
+                          { ...options, onprogress: p => progress.push([p.progress, p.total]) });
+  }
+  const inputs = {};
+  for (const tool of inputTools) {  // (server-everything's sampling tool asks for a prompt; others ignore it)
+    inputs[tool] = textOf(await client.callTool({ name: tool, arguments: { prompt: 'say something' } }, options));
+  }
   out = {
     era: client.getProtocolEra(), protocolVersion: client.getNegotiatedProtocolVersion(),
     serverName: client.getServerVersion()?.name ?? null,
     supportedVersions: client.getDiscoverResult()?.supportedVersions ?? null,
-    tools, echo, elicited, elicitations, wire,
+    tools, plain, progress, inputs, asked, elicitations, wire,
+    answers: { name: NAME, sampled: SAMPLED, root: ROOT },
   };
   await client.close();
 } catch (error) {
