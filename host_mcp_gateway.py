@@ -2614,7 +2614,8 @@ class ChildProcess:
             call.answers.put(self._exit_error)
 
     def handshake(self, timeout_s, params):
-        """Initializes the child with `params` (see child_handshake_params); returns its initialize result."""
+        """Initializes the child with `params` (see child_handshake_params); returns its initialize result, or
+        None when it refuses as a server of revision 2026-07-28 only (-32022 naming no handshake revision)."""
         request = {"jsonrpc": "2.0", "id": "gateway-initialize", "method": "initialize", "params": params}
         try:
             answer = self.call(request, now() + timeout_s)
@@ -2624,6 +2625,12 @@ class ChildProcess:
                     self.server_id, timeout_s * 1000))
             raise e from None
         result = answer.get("result")
+        error = answer.get("error") if isinstance(answer.get("error"), dict) else {}
+        data = error.get("data") if isinstance(error.get("data"), dict) else {}
+        supported = data.get("supported") if isinstance(data.get("supported"), list) else []
+        if error.get("code") == MCP_UNSUPPORTED_PROTOCOL_VERSION and supported and all(
+                is_modern_version(version) for version in supported):
+            return None
         if not isinstance(result, dict):
             raise unavailable(self.server_id, "server %s refused initialize: %s" % (
                 self.server_id, json.dumps(answer.get("error"))))
@@ -2950,10 +2957,16 @@ class ServerRuntime:
     def _introduce(self, child, timeout_s):
         """Opens a new child in its era: with child_protocol auto, server/discover first (a dual-era child's
         first message fixes its era for the life of its process), the initialize handshake when that gets a
-        handshake-era error or silence. Returns (its initialize result, or one made from its discover result;
-        the era)."""
+        handshake-era error or silence. A session's own child serves one handshake-era client: it is offered
+        the handshake first, and server/discover only when it refuses that as a 2026-07-28-only server. Returns
+        (its initialize result, or one made from its discover result; the era)."""
         params = child_handshake_params(self.spec, self.handshake_params)
         mode = self.spec.child_protocol
+        if mode == "auto" and self.is_private and not self.serves_request:
+            result = child.handshake(timeout_s, params)
+            if result is not None:
+                return result, LEGACY
+            mode = "modern"
         if mode == "modern" or mode == "auto" and not self._silent_on_probe:
             try:
                 discovered = child.discover(timeout_s if mode == "modern" else min(PROBE_TIMEOUT_S, timeout_s),
@@ -2969,7 +2982,11 @@ class ServerRuntime:
             if mode == "modern":
                 raise unavailable(self.server_id, "server %s (child_protocol modern) refused server/discover" %
                                   self.server_id)
-        return child.handshake(timeout_s, params), LEGACY
+        result = child.handshake(timeout_s, params)
+        if result is None:
+            raise unavailable(self.server_id, "server %s refused initialize: it speaks only revision %s "
+                              "(%d)" % (self.server_id, FIRST_MODERN_VERSION, MCP_UNSUPPORTED_PROTOCOL_VERSION))
+        return result, LEGACY
 
     @property
     def protocol_version(self):

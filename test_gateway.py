@@ -3059,6 +3059,18 @@ class ModernIsolationTest(unittest.TestCase):
         wait_for(lambda: process_gone(child["pid"]), what="the unanswered call's child to stop")
         self.assertEqual(gateway.servers()["own"]["children"], [])
 
+    def test_a_sessions_own_child_is_offered_the_handshake_first(self):
+        gateway = self.gateway = GatewayProcess(self, base_config([
+            fake_server("dual", "--era", "dual", isolation="session", autostart=False),
+            fake_server("modern", "--era", "modern", isolation="session", autostart=False)]))
+        dual, modern_only = McpClient(gateway, "dual"), McpClient(gateway, "modern")
+        self.assertIsNone(dual.call("received")["structuredContent"]["meta"])  # initialized: the handshake
+        meta = modern_only.call("received")["structuredContent"]["meta"]  # refused it: translated
+        self.assertEqual(meta["io.modelcontextprotocol/protocolVersion"], MODERN)
+        servers = gateway.servers()
+        self.assertEqual([[child["protocol_era"] for child in servers[server_id]["children"]]
+                          for server_id in ("dual", "modern")], [["legacy"], ["modern"]])
+
     def test_modern_children_of_their_own(self):
         gateway = self.gateway = GatewayProcess(self, base_config([
             fake_server("own", "--era", "modern", isolation="session", autostart=False)]))

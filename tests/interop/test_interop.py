@@ -668,20 +668,25 @@ class SdkModernChildTest(unittest.TestCase):
 @needs_conformance_2026
 class SdkModernOnlyChildTest(unittest.TestCase):
     """A server that refuses the handshake (2026-07-28 only) runs as a modern child, and clients of every mode
-    use it: 2026-07-28 ones natively, handshake-era ones through the gateway's translation (it has no twin)."""
+    use it: 2026-07-28 ones natively, handshake-era ones through the gateway's translation (it has no twin). With
+    isolation "session" too: a session's own child, offered the handshake first, is translated once it refuses;
+    a pinned 2026-07-28 client gets a child per request; one in "auto" is steered to a session."""
 
     def test_every_client_mode(self):
-        gateway = Gateway(self, [modern_only_server()])
+        gateway = Gateway(self, [modern_only_server(),
+                                 dict(modern_only_server("own"), isolation="session", autostart=False)])
         self.assertEqual(gateway.servers()["modern-only"]["protocol_era"], "modern")
 
-        async def echo(mode):
-            async with sdk_client(gateway, "modern-only", mode, ClientSide(), Traffic()) as client:
+        async def echo(server_id, mode):
+            async with sdk_client(gateway, server_id, mode, ClientSide(), Traffic()) as client:
                 tools = [tool.name for tool in (await client.list_tools()).tools]
                 return client.protocol_version, tools, text_of(await client.call_tool("echo", {"message": mode}))
-        for mode in ("legacy", "auto", MODERN):
-            with self.subTest(mode=mode):
-                version, tools, echoed = run_async(echo, mode)
-                self.assertEqual((version, tools), ("2025-11-25" if mode == "legacy" else MODERN, ["echo"]))
+        for server_id, mode, version in (("modern-only", "legacy", "2025-11-25"), ("modern-only", "auto", MODERN),
+                                         ("modern-only", MODERN, MODERN), ("own", "legacy", "2025-11-25"),
+                                         ("own", "auto", "2025-11-25"), ("own", MODERN, MODERN)):
+            with self.subTest(server_id=server_id, mode=mode):
+                negotiated, tools, echoed = run_async(echo, server_id, mode)
+                self.assertEqual((negotiated, tools), (version, ["echo"]))
                 self.assertIn(mode, echoed)
         self.assertIn("-32022", gateway.wait_log("handshake_twin_unavailable")["reason"])
         self.assertNotIn("handshake_twin", gateway.servers()["modern-only"])
