@@ -3915,9 +3915,9 @@ class Router:
                 return
         if private.child is not None and private.child.calls_in_flight():
             return
+        private.owner.release(private)  # its room is free at once: what is left is this thread's to finish
         private.request_stop("its request was answered")
         private.join(timeout=CHILD_STOP_GRACE_S * 2 + 1)
-        private.owner.release(private)
 
     def _room_for_child(self, parent):
         """Whether `parent` may start one more child of a client's own; when it runs max_children, the idle
