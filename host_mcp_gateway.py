@@ -3872,7 +3872,7 @@ class Router:
         try:
             twin.ready_child(deadline)
         except GatewayError as e:
-            if e.error_code == "timeout":
+            if e.error_code == "timeout" or twin.init_result is not None:  # slow, or down after serving: as usual
                 raise
             runtime.drop_twin(e.message)
             return runtime
