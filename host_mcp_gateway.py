@@ -2615,7 +2615,8 @@ class ChildProcess:
 
     def handshake(self, timeout_s, params):
         """Initializes the child with `params` (see child_handshake_params); returns its initialize result, or
-        None when it refuses as a server of revision 2026-07-28 only (-32022 naming no handshake revision)."""
+        None when it refuses as a server of revision 2026-07-28 only (-32601, or -32022 naming no handshake
+        revision)."""
         request = {"jsonrpc": "2.0", "id": "gateway-initialize", "method": "initialize", "params": params}
         try:
             answer = self.call(request, now() + timeout_s)
@@ -2628,8 +2629,8 @@ class ChildProcess:
         error = answer.get("error") if isinstance(answer.get("error"), dict) else {}
         data = error.get("data") if isinstance(error.get("data"), dict) else {}
         supported = data.get("supported") if isinstance(data.get("supported"), list) else []
-        if error.get("code") == MCP_UNSUPPORTED_PROTOCOL_VERSION and supported and all(
-                is_modern_version(version) for version in supported):
+        if error.get("code") == JSONRPC_METHOD_NOT_FOUND or error.get("code") == MCP_UNSUPPORTED_PROTOCOL_VERSION and \
+                all(is_modern_version(version) for version in supported):
             return None
         if not isinstance(result, dict):
             raise unavailable(self.server_id, "server %s refused initialize: %s" % (
@@ -2996,8 +2997,13 @@ class ServerRuntime:
         return (self.init_result or {}).get("protocolVersion")
 
     def use_config(self, config):
-        """A reloaded config's gateway-wide settings (timeouts, backoff), from its next call or start on."""
+        """A reloaded config's gateway-wide settings (timeouts, backoff), from its next call or start on; for the
+        children it owns too."""
         self._config = config
+        with self._cond:
+            owned = self._owned()
+        for runtime in owned:
+            runtime.use_config(config)
 
     def describe(self):
         """What /servers shows: never env values or the token."""
@@ -3734,15 +3740,16 @@ class Router:
             self._parked[handle] = ParkedCall(ticket, requests, now() + ttl_s, runtime)
         return self.request_states.encode(handle, message["method"], mrtr_target(message), ttl_s)
 
-    def parked_runtime(self, message):
+    def parked_runtime(self, server_id, message):
         """The runtime whose child holds the call a retry's requestState names (refused as resume would)."""
-        return self._parked_call(message, take=False).runtime
+        return self._parked_call(server_id, message, take=False).runtime
 
-    def resume(self, message, caller):
-        """A modern client's retry: its inputResponses go to the child's waiting requests, and the call it names
-        answers this request from now on. Returns (ticket, requests still unanswered: input key -> request)."""
+    def resume(self, server_id, message, caller):
+        """A modern client's retry to server `server_id`: its inputResponses go to the child's waiting requests,
+        and the call it names answers this request from now on. Returns (ticket, requests still unanswered:
+        input key -> request)."""
         params = message["params"]
-        parked = self._parked_call(message, take=True)
+        parked = self._parked_call(server_id, message, take=True)
         call = parked.ticket.call
         call.caller_id = message["id"]  # before any answer can come for it
         call.session = caller
@@ -3758,11 +3765,15 @@ class Router:
                 missing[key] = request
         return parked.ticket, missing
 
-    def _parked_call(self, message, take):
+    def _parked_call(self, server_id, message, take):
         handle = self.request_states.decode(message["params"]["requestState"], message["method"],
                                             mrtr_target(message))
         with self._lock:
-            parked = self._parked.pop(handle, None) if take else self._parked.get(handle)
+            parked = self._parked.get(handle)
+            if parked is not None and parked.ticket.child.server_id != server_id:
+                raise _modern_error(JSONRPC_INVALID_PARAMS, "requestState refused: it belongs to another server")
+            if take:
+                self._parked.pop(handle, None)
         if parked is None:
             raise _modern_error(JSONRPC_INVALID_PARAMS, "requestState refused: the call it names has ended or "
                                 "was already resumed")
@@ -5335,7 +5346,7 @@ class HttpFront:
                                     runtime.server_id, version),
                                 {"supported": list(SUPPORTED_PROTOCOL_VERSIONS), "requested": version})
         if self.router.request_states.issued(params.get("requestState")):
-            own = self.router.parked_runtime(message)
+            own = self.router.parked_runtime(runtime.server_id, message)
         else:
             own = self.router.request_child(runtime, request_client_params(params["_meta"]), deadline)
         try:
@@ -5365,7 +5376,7 @@ class HttpFront:
             return self._listen(conn, request, runtime, message, caller, deadline)
         pending = {}
         if "requestState" in params:
-            ticket, pending = self.router.resume(message, caller)
+            ticket, pending = self.router.resume(runtime.server_id, message, caller)
         else:
             ticket = self.router.forward_request(runtime, without_claim(message), deadline, caller)
         return self._answer_modern(conn, request, runtime, message, ticket, pending, deadline)

@@ -3032,7 +3032,7 @@ class ModernIsolationTest(unittest.TestCase):
 
     def test_a_call_waiting_for_input_keeps_its_child_until_the_retry(self):
         gateway = self.gateway = GatewayProcess(self, base_config([
-            fake_server("own", isolation="session", autostart=False, max_children=1)]))
+            fake_server("own", isolation="session", autostart=False, max_children=1), fake_server("other")]))
         ask = {"name": "ask", "arguments": {"method": "elicitation/create", "params": {"message": "name?"}}}
         status, (reply,) = self.post(*modern("tools/call", ask, 1, {"elicitation": {}}), server_id="own")
         result = reply["result"]
@@ -3044,6 +3044,9 @@ class ModernIsolationTest(unittest.TestCase):
         (key,) = result["inputRequests"]
         retry = dict(ask, inputResponses={key: {"action": "accept", "content": {"name": "Ada"}}},
                      requestState=result["requestState"])
+        status, (elsewhere,) = self.post(*modern("tools/call", retry, 3, {"elicitation": {}}), server_id="other")
+        self.assertEqual((status, elsewhere["error"]["code"]), (400, -32602))
+        self.assertIn("another server", elsewhere["error"]["message"])
         status, (reply,) = self.post(*modern("tools/call", retry, 3, {"elicitation": {}}), server_id="own")
         self.assertEqual(reply["result"]["structuredContent"]["response"]["result"]["content"], {"name": "Ada"})
         wait_for(lambda: process_gone(child["pid"]), what="the request's child to stop after the retry")
