@@ -2629,8 +2629,9 @@ class ChildProcess:
         error = answer.get("error") if isinstance(answer.get("error"), dict) else {}
         data = error.get("data") if isinstance(error.get("data"), dict) else {}
         supported = data.get("supported") if isinstance(data.get("supported"), list) else []
-        if error.get("code") == JSONRPC_METHOD_NOT_FOUND or error.get("code") == MCP_UNSUPPORTED_PROTOCOL_VERSION and \
-                all(is_modern_version(version) for version in supported):
+        code = error.get("code")
+        if code == JSONRPC_METHOD_NOT_FOUND or (code == MCP_UNSUPPORTED_PROTOCOL_VERSION and
+                                                all(is_modern_version(version) for version in supported)):
             return None
         if not isinstance(result, dict):
             raise unavailable(self.server_id, "server %s refused initialize: %s" % (
@@ -2816,21 +2817,20 @@ class ServerRuntime:
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
-            owned = self._owned()
-        for runtime in owned:
+        for runtime in self.owned():
             runtime.request_stop(reason)
 
     def join(self, timeout):
         deadline = now() + timeout
         if self._thread is not None:
             self._thread.join(timeout)
-        with self._cond:
-            owned = self._owned()
-        for runtime in owned:
+        for runtime in self.owned():
             runtime.join(max(0.0, deadline - now()))
 
-    def _owned(self):
-        return ([self.twin] if self.twin is not None else []) + list(self.private.values())
+    def owned(self):
+        """The runtimes this one owns: its handshake twin, and its clients' own children."""
+        with self._cond:
+            return ([self.twin] if self.twin is not None else []) + list(self.private.values())
 
     def ready_child(self, deadline):
         """The ready child, waiting for a start or a restart within the caller's deadline. A server that has not
@@ -2985,8 +2985,9 @@ class ServerRuntime:
                                   self.server_id)
         result = child.handshake(timeout_s, params)
         if result is None:
-            raise unavailable(self.server_id, "server %s refused initialize: it speaks only revision %s "
-                              "(%d)" % (self.server_id, FIRST_MODERN_VERSION, MCP_UNSUPPORTED_PROTOCOL_VERSION))
+            raise unavailable(self.server_id, "server %s refused initialize as a server of revision %s only (%d or "
+                              "%d)" % (self.server_id, FIRST_MODERN_VERSION, JSONRPC_METHOD_NOT_FOUND,
+                                       MCP_UNSUPPORTED_PROTOCOL_VERSION))
         return result, LEGACY
 
     @property
@@ -3000,9 +3001,7 @@ class ServerRuntime:
         """A reloaded config's gateway-wide settings (timeouts, backoff), from its next call or start on; for the
         children it owns too."""
         self._config = config
-        with self._cond:
-            owned = self._owned()
-        for runtime in owned:
+        for runtime in self.owned():
             runtime.use_config(config)
 
     def describe(self):
@@ -5649,8 +5648,7 @@ class Gateway:
         """Calls each server's children are working on, for the host_mcp_gateway.calls.in_flight gauge."""
         points = []
         for server_id, runtime in self.runtimes.items():
-            children = [runtime.child, runtime.twin and runtime.twin.child] + [
-                private.child for private in list(runtime.private.values())]
+            children = [runtime.child] + [owned.child for owned in runtime.owned()]
             count = sum(len(child.calls_in_flight()) for child in children if child is not None)
             points.append(((("host_mcp_gateway.server_id", server_id),), count))
         return points
