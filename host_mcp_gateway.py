@@ -269,10 +269,26 @@ class Logger:
         self.log("error", event, **fields)
 
 
-# Made once: json.dumps and json.loads build a new encoder or decoder on every call with options.
-_compact_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
-_ascii_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode  # writes lone surrogates as \udXXX
-_log_json = json.JSONEncoder(ensure_ascii=False, default=str).encode
+def _json_encoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=None):
+    """json.JSONEncoder(...).encode at a fraction of its cost per call, which the gateway pays twice per request
+    and more: CPython's C encoder made once (JSONEncoder.encode makes one on every call), without the check for
+    circular references (decoded JSON and the gateway's own values have none). JSONEncoder where there is none."""
+    default = default or json.JSONEncoder().default  # which raises TypeError for what JSON cannot hold
+    if json.encoder.c_make_encoder is None:
+        return json.JSONEncoder(ensure_ascii=ensure_ascii, separators=separators, allow_nan=allow_nan,
+                                default=default).encode
+    chunks = json.encoder.c_make_encoder(
+        None, default, json.encoder.encode_basestring_ascii if ensure_ascii else json.encoder.encode_basestring,
+        None, separators[1], separators[0], False, False, allow_nan)
+
+    def encode(value):
+        return "".join(chunks(value, 0))
+    return encode
+
+
+_compact_json = _json_encoder()
+_ascii_json = _json_encoder(ensure_ascii=True)  # writes lone surrogates as \udXXX
+_log_json = _json_encoder(separators=(", ", ": "), allow_nan=True, default=str)
 
 
 def _no_constant(name):
@@ -287,7 +303,21 @@ def _finite_float(text):
 
 
 # NaN, Infinity and numbers too large for a double are not JSON.
-_decode_json = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float).decode
+_scan_json = json.scanner.make_scanner(json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float))
+_JSON_WHITESPACE = " \t\n\r"
+
+
+def _decode_json(text):
+    """JSONDecoder.decode without its two regular-expression matches per call: the scanner itself, with JSON's
+    whitespace around the value skipped by hand."""
+    start = len(text) - len(text.lstrip(_JSON_WHITESPACE))
+    try:
+        value, end = _scan_json(text, start)
+    except StopIteration as e:
+        raise json.JSONDecodeError("Expecting value", text, e.value) from None
+    if end != len(text) and text[end:].strip(_JSON_WHITESPACE):
+        raise json.JSONDecodeError("Extra data", text, end)
+    return value
 _SURROGATE_ESCAPE_RE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
@@ -1296,11 +1326,13 @@ def param_header_problem(declarations, arguments, headers):
     return None
 
 
-def modern_result(method, result, server_info):
+def modern_result(method, result, server_info, in_place=False):
     """A child's (or the gateway's) result as revision 2026-07-28 has it: resultType, the server's identity in
     _meta and, where the caching page requires them, caching hints: immediately stale and private, since the
-    gateway cannot know how long a child's answer holds or whether it depends on the caller."""
-    result = dict(result)
+    gateway cannot know how long a child's answer holds or whether it depends on the caller. A copy, unless
+    `in_place`."""
+    if not in_place:
+        result = dict(result)
     result_type = result.setdefault("resultType", "complete")
     if server_info is not None:
         meta = result.get("_meta")
@@ -1399,15 +1431,34 @@ def subscription_filter(subscription_id, methods):
 
 
 def modern_answer(method, answer, server_info):
-    """A handshake-era child's answer as a modern client expects it: results per modern_result; the old
-    resource-not-found code -32002 as the -32602 that replaced it."""
+    """A handshake-era child's answer as a modern client expects it, made in place (the answer is its call's
+    alone): results per modern_result; the old resource-not-found code -32002 as the -32602 that replaced it."""
     error = answer.get("error")
     if isinstance(error, dict):
         if error.get("code") == MCP_RESOURCE_NOT_FOUND_LEGACY:
-            return dict(answer, error=dict(error, code=JSONRPC_INVALID_PARAMS))
+            error["code"] = JSONRPC_INVALID_PARAMS
         return answer
     result = answer.get("result")
-    return dict(answer, result=modern_result(method, result if isinstance(result, dict) else {}, server_info))
+    answer["result"] = modern_result(method, result if isinstance(result, dict) else {}, server_info, in_place=True)
+    return answer
+
+
+def result_extras_json(server_info):
+    """What modern_result adds to a complete result that has neither resultType nor _meta, as JSON members (no
+    braces): the same for every answer of one child, so encoded once, when it starts."""
+    return json_bytes(modern_result("tools/call", {}, server_info))[1:-1]
+
+
+def modern_answer_json(method, answer, server_info, extras):
+    """json_bytes(modern_answer(method, answer, server_info)) at less cost for most answers: a complete result
+    with neither resultType nor _meta of its own, to a method without caching hints, is encoded as the child gave
+    it, and `extras` (result_extras_json of `server_info`) go in before its closing brace."""
+    result = answer.get("result")
+    if not (type(result) is dict and "resultType" not in result and "_meta" not in result and
+            method not in CACHEABLE_METHODS):
+        return json_bytes(modern_answer(method, answer, server_info))
+    body = json_bytes({"jsonrpc": "2.0", "id": answer["id"], "result": result})  # ends with the result's "}" + "}"
+    return b"".join((body[:-2], b"," if result else b"", extras, b"}}"))
 
 
 def modern_envelope(message, capabilities, client_info=None, log_level=None):
@@ -1424,29 +1475,20 @@ def modern_envelope(message, capabilities, client_info=None, log_level=None):
     return dict(message, params=dict(params, _meta=meta))
 
 
-def without_claim(message):
-    """A modern request as a handshake-era child takes it: its _meta without the revision claim, the key that
-    marks a request of the modern era, which some such servers refuse on a handshake connection (the Python
-    SDK's), and without `inputResponses` (a retry's answers are the gateway's to deliver). The other reserved
-    keys (the client's capabilities, identity, log level) stay: news to a child that reads them per request
-    (the TypeScript SDK's), and nothing to one that does not."""
-    params = message.get("params")
-    if not isinstance(params, dict):
-        return message
-    meta = params.get("_meta")
-    claimed = isinstance(meta, dict) and META_PROTOCOL_VERSION in meta
-    if not claimed and "inputResponses" not in params:
-        return message
-    params = dict(params)
+def drop_claim(message):
+    """Makes a modern request one a handshake-era child takes, in place (the request's decoded body, which only
+    its own call reads): its _meta without the revision claim, the key that marks a request of the modern era,
+    which some such servers refuse on a handshake connection (the Python SDK's), and without `inputResponses` (a
+    retry's answers are the gateway's to deliver). The other reserved keys (the client's capabilities, identity,
+    log level) stay: news to a child that reads them per request (the TypeScript SDK's), and nothing to one that
+    does not. `message` is a valid modern request (request_era): its params hold a _meta with the claim."""
+    params = message["params"]
     params.pop("inputResponses", None)
-    if claimed:
-        meta = dict(meta)
-        del meta[META_PROTOCOL_VERSION]
-        if meta:
-            params["_meta"] = meta
-        else:
-            del params["_meta"]
-    return dict(message, params=params)
+    meta = params["_meta"]
+    del meta[META_PROTOCOL_VERSION]
+    if not meta:
+        del params["_meta"]
+    return message
 
 
 def input_request(message):
@@ -2732,6 +2774,7 @@ class ServerRuntime:
         self.state = "stopped"
         self.child = None  # the ChildProcess while ready
         self.init_result = None  # the child's initialize result, kept for clients' own initialize
+        self.result_extras = None  # result_extras_json of its serverInfo, for answers to modern clients
         self.header_params = None  # tool name -> its x-mcp-header declarations; None until listed (Router)
         self.era = None  # MODERN or LEGACY: how the current child is spoken to (child_protocol, its probe)
         self.listen_feed = None  # gateway id of the subscriptions/listen that feeds sessions of a modern child
@@ -2931,7 +2974,8 @@ class ServerRuntime:
         span.end()
         ready_at = now()
         self._set(state="ready", child=child, init_result=result, era=era, _ready_since=ready_at,
-                  _failed_since_ready=False, last_error=None)
+                  result_extras=result_extras_json(result.get("serverInfo")), _failed_since_ready=False,
+                  last_error=None)
         self._log.info("child_ready", server_id=self.server_id, pid=child.pid, era=era,
                        server_info=result.get("serverInfo"), protocol_version=self.protocol_version)
         if self._on_ready is not None:
@@ -5377,7 +5421,7 @@ class HttpFront:
         if "requestState" in params:
             ticket, pending = self.router.resume(runtime.server_id, message, caller)
         else:
-            ticket = self.router.forward_request(runtime, without_claim(message), deadline, caller)
+            ticket = self.router.forward_request(runtime, drop_claim(message), deadline, caller)
         return self._answer_modern(conn, request, runtime, message, ticket, pending, deadline)
 
     def _answer_modern(self, conn, request, runtime, message, ticket, pending, deadline):
@@ -5386,22 +5430,24 @@ class HttpFront:
         answered = False  # the child answered, or waits parked for the caller's retry
         try:
             answer = self._await_modern(conn, request, ticket, message, pending, deadline)
+            translate = answer is not None and runtime.era == LEGACY
             if answer is None:  # the child waits for what it asked: the client answers on its retry
                 answer = result_reply(message, {"resultType": "input_required", "inputRequests": pending,
                                                 "requestState": self.router.park(ticket, pending, message, runtime)})
-            elif runtime.era == LEGACY:
-                answer = modern_answer(message["method"], answer, runtime.init_result.get("serverInfo"))
-            elif message["method"] == "server/discover" and isinstance(answer.get("result"), dict):
+            elif runtime.era == MODERN and message["method"] == "server/discover" and \
+                    isinstance(answer.get("result"), dict):
                 # what this endpoint serves: the child's revision, and the handshake ones by translation
                 answer = dict(answer, result=dict(answer["result"], supportedVersions=list(ALL_PROTOCOL_VERSIONS)))
+            body = modern_answer_json(message["method"], answer, runtime.init_result.get("serverInfo"),
+                                      runtime.result_extras) if translate else json_bytes(answer)
             answered = True
             if conn.streamed:
-                conn.send_event(json_bytes(answer))
+                conn.send_event(body)
                 conn.end_stream()
                 return 200
             error = answer.get("error")
             status = MODERN_ERROR_STATUS.get(error.get("code"), 200) if isinstance(error, dict) else 200
-            conn.send_json(status, answer)
+            conn.send(status, body)
             return status
         finally:
             if not answered:  # the caller went away (a closed stream cancels, in this revision)

@@ -2687,13 +2687,12 @@ class EraUnitTest(unittest.TestCase):
         rest = {key: value for key, value in MODERN_META.items() if key not in claim}
         cases = [(rpc("x", {"a": 1, "_meta": dict(MODERN_META, traceparent="t")}),
                   rpc("x", {"a": 1, "_meta": dict(rest, traceparent="t")})),
-                 (rpc("x", {"a": 1, "_meta": claim}), rpc("x", {"a": 1})), (rpc("x"), rpc("x")),
-                 (rpc("x", {"_meta": {"progressToken": 1}}), rpc("x", {"_meta": {"progressToken": 1}})),
-                 (rpc("x", {"a": 1, "inputResponses": {"k": {}}, "_meta": claim}), rpc("x", {"a": 1})),
-                 (rpc("x", {"inputResponses": None}), rpc("x", {}))]
+                 (rpc("x", {"a": 1, "_meta": dict(claim)}), rpc("x", {"a": 1})),
+                 (rpc("x", {"_meta": dict(claim, progressToken=1)}), rpc("x", {"_meta": {"progressToken": 1}})),
+                 (rpc("x", {"a": 1, "inputResponses": {"k": {}}, "_meta": dict(claim)}), rpc("x", {"a": 1}))]
         for message, expected in cases:
             with self.subTest(message=message):
-                self.assertEqual(gw.without_claim(message), expected)
+                self.assertEqual(gw.drop_claim(message), expected)
         asked = {"jsonrpc": "2.0", "id": 3, "method": "elicitation/create", "params": {"message": "m", "_meta": {
             "progressToken": 0}}}
         self.assertEqual(gw.input_request(asked), {"method": "elicitation/create", "params": {"message": "m"}})
@@ -2710,10 +2709,26 @@ class EraUnitTest(unittest.TestCase):
                   {"error": {"code": -32602, "message": "no such resource"}}),
                  ("tools/call", {"error": {"code": -32601, "message": "nope"}},
                   {"error": {"code": -32601, "message": "nope"}})]
+        cases += [("tools/call", {"result": {}}, {"result": {"resultType": "complete", "_meta": {
+                       "io.modelcontextprotocol/serverInfo": info}}}),
+                  ("tools/call", {"result": {"content": [{"type": "text", "text": "}}"}]}},
+                   {"result": {"content": [{"type": "text", "text": "}}"}], "resultType": "complete",
+                               "_meta": {"io.modelcontextprotocol/serverInfo": info}}}),
+                  ("prompts/get", {"result": {"messages": [], "resultType": "complete"}},
+                   {"result": {"messages": [], "resultType": "complete",
+                               "_meta": {"io.modelcontextprotocol/serverInfo": info}}}),
+                  ("tools/call", {"result": "not an object"}, {"result": {"resultType": "complete", "_meta": {
+                      "io.modelcontextprotocol/serverInfo": info}}})]
         for method, answer, expected in cases:
             with self.subTest(method=method, answer=answer):
-                self.assertEqual(gw.modern_answer(method, dict(answer, jsonrpc="2.0", id=1), info),
-                                 dict(expected, jsonrpc="2.0", id=1))
+                message = dict(answer, jsonrpc="2.0", id=1)
+                copy = json.loads(json.dumps(message))  # modern_answer changes its answer
+                self.assertEqual(gw.modern_answer(method, copy, info), dict(expected, jsonrpc="2.0", id=1))
+                for server_info in (info, None):  # the shortcut writes what modern_answer makes
+                    encoded = gw.modern_answer_json(method, json.loads(json.dumps(message)), server_info,
+                                                    gw.result_extras_json(server_info))
+                    self.assertEqual(json.loads(encoded), gw.modern_answer(method, json.loads(json.dumps(message)),
+                                                                           server_info))
         discovered = gw.discover_result({"capabilities": {"tools": {}}, "serverInfo": info, "instructions": "hi"})
         self.assertEqual(discovered, {"supportedVersions": list(gw.ALL_PROTOCOL_VERSIONS),
                                       "capabilities": {"tools": {}}, "instructions": "hi", "resultType": "complete",
