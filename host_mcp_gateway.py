@@ -98,6 +98,7 @@ STDERR_LOG_CHARS = 2000  # a child's stderr line longer than this is logged trun
 STDERR_TAIL_LINES = 10  # the last lines of stderr quoted when a child exits
 LOGGED_LINE_CHARS = 200  # of a child's stdout line that is not JSON-RPC, quoted in the log line that drops it
 CHILD_STOP_GRACE_S = 1.5  # SIGTERM to SIGKILL; keeps a whole gateway stop under 5 s
+CHILD_JOIN_S = CHILD_STOP_GRACE_S * 2 + 1  # how long a client's own child may take to stop: past both signals
 CHILD_EXIT_SETTLE_S = 1.0  # after stdout closes, how long a child gets to exit by itself before it is stopped
 MAX_BACKOFF_S = 60.0  # restart backoff doubles up to this
 MIN_LOOP_DELAY_S = 0.1  # even with restart_backoff_ms 0, a crash loop never spins the CPU
@@ -2816,6 +2817,8 @@ class ServerRuntime:
         """Takes on the runtime of a session's or a request's own child (isolation "session"), within
         max_children, and starts it."""
         with self._cond:
+            if self._stop.is_set():  # request_stop has gone through what it owns: a child now would outlive it
+                raise unavailable(self.server_id, "server %s: %s" % (self.server_id, self._stop_reason))
             if len(self.private) >= self.spec.max_children:  # the Router made room; a concurrent one took it
                 raise GatewayError("server %s already runs %d children of clients' own (max_children)" % (
                     self.server_id, self.spec.max_children), 503, "too_many_children", server_id=self.server_id)
@@ -3855,7 +3858,9 @@ class Router:
         for parked in calls:
             parked.ticket.child.cancel_call(parked.ticket.gateway_id, "its client did not retry in time")
             parked.ticket.finish("input_expired", "the client did not answer the server's requests in time")
-            self.end_request_child(parked.runtime)
+        stopping = [parked.runtime for parked in calls if self._stop_request_child(parked.runtime)]
+        for private in stopping:  # all stop at once: the reaper waits out one grace period, not one each
+            private.join(timeout=CHILD_JOIN_S)
 
     # Sessions --------------------------------------------------------------------------------------------------
 
@@ -3962,16 +3967,21 @@ class Router:
     def end_request_child(self, private):
         """Stops a request's own child once its call is over: not while the call waits for its client's retry,
         nor while a retry works on it."""
+        if self._stop_request_child(private):
+            private.join(timeout=CHILD_JOIN_S)
+
+    def _stop_request_child(self, private):
+        """end_request_child without the wait for the child's exit: whether it was asked to stop."""
         if not private.serves_request:  # a shared child's call: nothing of the request's own to end
-            return
+            return False
         with self._lock:
             if any(parked.runtime is private for parked in self._parked.values()):
-                return
+                return False
         if private.child is not None and private.child.calls_in_flight():
-            return
+            return False
         private.owner.release(private)  # its room is free at once: what is left is this thread's to finish
         private.request_stop("its request was answered")
-        private.join(timeout=CHILD_STOP_GRACE_S * 2 + 1)
+        return True
 
     def _room_for_child(self, parent):
         """Whether `parent` may start one more child of a client's own; when it runs max_children, the idle
@@ -4068,7 +4078,7 @@ class Router:
         if session.runtime.is_private:
             session.parent.release(session.runtime)
             session.runtime.request_stop()
-            session.runtime.join(timeout=CHILD_STOP_GRACE_S * 2 + 1)
+            session.runtime.join(timeout=CHILD_JOIN_S)
         self._log.info("session_closed", server_id=session.server_id, session=session.label, reason=reason)
 
     def _reap(self):

@@ -1938,6 +1938,21 @@ class ComponentTest(unittest.TestCase):
         self.assertTrue(process_gone(pid))
         self.assertFalse(any(gw.TOKEN_HELP in line for line in logs))
 
+    def test_a_stopped_runtime_takes_on_no_child_of_a_client(self):
+        """A session's or request's own child adopted after its server's stop would be one nobody stops."""
+        config = gw.validate_config(base_config([fake_server(isolation="session", autostart=False)]))
+        logger = gw.Logger(stream=type("Sink", (), {"write": lambda self, text: None, "flush": lambda self: None})())
+        telemetry = gw.Telemetry(gw.TelemetrySettings({}), logger)
+        router = gw.Router(config, logger, telemetry)
+        runtime = gw.ServerRuntime(config.servers[0], config, logger, telemetry, router.on_child_message)
+        private = gw.ServerRuntime(config.servers[0], config, logger, telemetry, router.on_child_message)
+        runtime.request_stop("the server was removed")
+        with self.assertRaises(gw.GatewayError) as caught:
+            runtime.adopt("session-1", private)
+        self.assertEqual((caught.exception.http_status, caught.exception.error_code), (503, "server_unavailable"))
+        self.assertIn("the server was removed", caught.exception.message)
+        self.assertEqual((runtime.owned(), private.state), ([], "stopped"))  # never started
+
 
 # MCP Streamable HTTP: sessions, streams, server-to-client traffic --------------------------------------------------
 

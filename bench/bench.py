@@ -376,7 +376,7 @@ class GatewayTarget(Target):
     name = "host-mcp-gateway"
     protocols = PROTOCOLS
 
-    def __init__(self, workdir, child_cmd, log_level):
+    def __init__(self, workdir, child_cmd, log_level, wrapper=()):
         token = secrets.token_hex(32)
         # Port 0 and the "listening" log line tell the port; below info level that line is not written, so a
         # free port is picked here instead.
@@ -390,7 +390,8 @@ class GatewayTarget(Target):
         # Its log goes to a file, as under launchd: a pipe nobody drains would stall it, a terminal would slow it.
         self.log_path = os.path.join(workdir, "gateway.log")
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen([sys.executable, GATEWAY, "-config", config_path, "--log-level", log_level],
+            self.proc = subprocess.Popen([*wrapper, sys.executable, GATEWAY, "-config", config_path,
+                                          "--log-level", log_level],
                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
                                          start_new_session=True)
         self.path = "/%s/rpc" % SERVER_ID
