@@ -316,8 +316,9 @@ def _decode_json(text):
         value, end = _scan_json(text, start)
     except StopIteration as e:
         raise json.JSONDecodeError("Expecting value", text, e.value) from None
-    if end != len(text) and text[end:].strip(_JSON_WHITESPACE):
-        raise json.JSONDecodeError("Extra data", text, end)
+    rest = text[end:].lstrip(_JSON_WHITESPACE) if end != len(text) else ""
+    if rest:
+        raise json.JSONDecodeError("Extra data", text, len(text) - len(rest))
     return value
 _SURROGATE_ESCAPE_RE = re.compile(rb"\\u[dD][89a-fA-F]")
 
@@ -354,7 +355,7 @@ def json_depth_over(value, limit):
 
 def json_input_problem(data, value):
     """Why a decoded client body cannot be taken, or None. The gateway copies, encodes and logs what clients
-    send, so it refuses what would fail there: a lone surrogate (\udc00 unpaired: not Unicode text) and nesting
+    send, so it refuses what would fail there: a lone surrogate (\\udc00 unpaired: not Unicode text) and nesting
     deeper than MAX_JSON_DEPTH (Python's recursion limit is near 1000). Cheap for ordinary bodies: the first
     needs a surrogate escape in the text, the second more brackets than the limit."""
     if _SURROGATE_ESCAPE_RE.search(data):
@@ -1455,8 +1456,8 @@ def modern_answer_json(method, answer, server_info, extras):
     with neither resultType nor _meta of its own, to a method without caching hints, is encoded as the child gave
     it, and `extras` (result_extras_json of `server_info`) go in before its closing brace."""
     result = answer.get("result")
-    if not (type(result) is dict and "resultType" not in result and "_meta" not in result and
-            method not in CACHEABLE_METHODS):
+    if not (len(answer) == 3 and type(result) is dict and "resultType" not in result and "_meta" not in result and
+            method not in CACHEABLE_METHODS):  # 3: jsonrpc, id and result, the members rebuilt below
         return json_bytes(modern_answer(method, answer, server_info))
     body = json_bytes({"jsonrpc": "2.0", "id": answer["id"], "result": result})  # ends with the result's "}" + "}"
     return b"".join((body[:-2], b"," if result else b"", extras, b"}}"))
@@ -2819,6 +2820,8 @@ class ServerRuntime:
         with self._cond:
             if self._stop.is_set():  # request_stop has gone through what it owns: a child now would outlive it
                 raise unavailable(self.server_id, "server %s: %s" % (self.server_id, self._stop_reason))
+            if private._stop.is_set():  # its session closed (evicted) before it got here: it would hold a room
+                raise unavailable(self.server_id, "server %s: %s" % (self.server_id, private._stop_reason))
             if len(self.private) >= self.spec.max_children:  # the Router made room; a concurrent one took it
                 raise GatewayError("server %s already runs %d children of clients' own (max_children)" % (
                     self.server_id, self.spec.max_children), 503, "too_many_children", server_id=self.server_id)

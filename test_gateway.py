@@ -1952,6 +1952,11 @@ class ComponentTest(unittest.TestCase):
         self.assertEqual((caught.exception.http_status, caught.exception.error_code), (503, "server_unavailable"))
         self.assertIn("the server was removed", caught.exception.message)
         self.assertEqual((runtime.owned(), private.state), ([], "stopped"))  # never started
+        serving = gw.ServerRuntime(config.servers[0], config, logger, telemetry, router.on_child_message)
+        private.request_stop("session closed")  # evicted between its admission and its adoption
+        with self.assertRaises(gw.GatewayError):
+            serving.adopt("session-2", private)
+        self.assertEqual(serving.owned(), [])  # no room held for good by a child that never runs
 
 
 # MCP Streamable HTTP: sessions, streams, server-to-client traffic --------------------------------------------------
@@ -2733,7 +2738,9 @@ class EraUnitTest(unittest.TestCase):
                    {"result": {"messages": [], "resultType": "complete",
                                "_meta": {"io.modelcontextprotocol/serverInfo": info}}}),
                   ("tools/call", {"result": "not an object"}, {"result": {"resultType": "complete", "_meta": {
-                      "io.modelcontextprotocol/serverInfo": info}}})]
+                      "io.modelcontextprotocol/serverInfo": info}}}),
+                  ("tools/call", {"result": {}, "x-extra": 1}, {"result": {"resultType": "complete", "_meta": {
+                      "io.modelcontextprotocol/serverInfo": info}}, "x-extra": 1})]
         for method, answer, expected in cases:
             with self.subTest(method=method, answer=answer):
                 message = dict(answer, jsonrpc="2.0", id=1)
@@ -3751,6 +3758,20 @@ class JsonInputTest(unittest.TestCase):
         self.assertRaises(ValueError, gw.json_bytes, float("inf"))
         self.assertEqual(gw.json_bytes({"a": "\udc00é"}), b'{"a":"\\udc00\\u00e9"}')  # still JSON text
         self.assertEqual(gw.json_bytes({"a": "é"}), '{"a":"é"}'.encode("utf-8"))
+
+    def test_decoding_reads_as_the_json_decoder_does(self):
+        """The scanner the gateway calls itself: the same values and the same errors, where they are."""
+        for text in ('{"a": [1, "x", null]}', ' \t\r\n[true] \n', '"s"', "0", '{"a":1}   }', "", "   ", "[1,",
+                     '{"a" 1}', "[1] [2]", "\ufeff[]", "01", "[1,]"):
+            with self.subTest(text=text):
+                try:
+                    expected = json.JSONDecoder().decode(text)
+                except ValueError as e:
+                    with self.assertRaises(ValueError) as caught:
+                        gw.json_loads(text.encode("utf-8"))
+                    self.assertEqual(str(caught.exception), str(e))
+                else:
+                    self.assertEqual(gw.json_loads(text.encode("utf-8")), expected)
 
     def test_hostile_bodies_are_refused_before_anything_is_registered(self):
         gateway = GatewayProcess(self, base_config([fake_server()]))

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What one tools/call costs the gateway in CPU instructions, legacy and modern, counted by valgrind's callgrind.
 
-    python3 bench/instructions.py            # 300 calls per half, about a minute
+    python3 bench/instructions.py            # 300 calls per half, about 20 s
     python3 bench/instructions.py --calls 1000 --log-level warning
 
 Instruction counts do not depend on the machine's load or clock, so unlike req/s they can be compared across
