@@ -4093,13 +4093,16 @@ class Router:
                 grace_s = self._config.session_grace_ms / 1000.0
                 timeout_s = self._config.request_timeout_ms / 1000.0  # relayed requests and parked calls expire
                 interval = min(30.0, max(0.05, min(idle_s, grace_s, timeout_s) / 4))
+                expired, unused = [], []
                 for session in self.sessions.all():
                     if session.streaming:
                         continue
                     if now() - session.last_seen > idle_s:
-                        self.close_session(session, "expired")
+                        expired.append(session)
                     elif session.opened_by == "GET" and not session.used and now() - session.last_seen > grace_s:
-                        self.close_session(session, "its stream ended and it was never used")
+                        unused.append(session)
+                self.close_sessions(expired, "expired")  # their own children stop together
+                self.close_sessions(unused, "its stream ended and it was never used")
                 self._expire_relays()
                 self._expire_parked()
         except Exception as e:
