@@ -5634,9 +5634,9 @@ class _HTTPServer(ThreadingHTTPServer):
             self.finish_request(request, client_address)
         except Exception as e:
             self.front.log.error("thread_failed", thread=threading.current_thread().name, error=repr(e))
-        finally:
-            self.shutdown_request(request)
+        finally:  # its slot first: a client that has seen the connection close may open the next one at once
             self._forget(threading.current_thread(), client_address)
+            self.shutdown_request(request)
 
     def _forget(self, thread, client_address):
         with self._threads_lock:
