@@ -1328,13 +1328,11 @@ def param_header_problem(declarations, arguments, headers):
     return None
 
 
-def modern_result(method, result, server_info, in_place=False):
+def modern_result(method, result, server_info):
     """A child's (or the gateway's) result as revision 2026-07-28 has it: resultType, the server's identity in
     _meta and, where the caching page requires them, caching hints: immediately stale and private, since the
-    gateway cannot know how long a child's answer holds or whether it depends on the caller. A copy, unless
-    `in_place`."""
-    if not in_place:
-        result = dict(result)
+    gateway cannot know how long a child's answer holds or whether it depends on the caller. Completes `result`,
+    a dict of the caller's own, in place, and returns it."""
     result_type = result.setdefault("resultType", "complete")
     if server_info is not None:
         meta = result.get("_meta")
@@ -1441,7 +1439,7 @@ def modern_answer(method, answer, server_info):
             error["code"] = JSONRPC_INVALID_PARAMS
         return answer
     result = answer.get("result")
-    answer["result"] = modern_result(method, result if isinstance(result, dict) else {}, server_info, in_place=True)
+    answer["result"] = modern_result(method, result if isinstance(result, dict) else {}, server_info)
     return answer
 
 
